@@ -1,0 +1,127 @@
+"""The `narcissus` command line: parse arguments, call the library, render the result.
+
+Each command is a module with `SUMMARY`, `DESCRIPTION`, `configure(parser)` and `run(options)`;
+only the module of the command being run is imported, and rich only when text is rendered.
+argparse rather than click: `import click` alone costs ~60 ms on the project's CI machine, more
+than the whole margin `narcissus scan --json` has over `ss -tanH` (see bench/scan.py).
+
+Every failure the user can cause ends as one line on stderr and exit status 2; a host that
+cannot do what was asked (privileges, OS, kernel) gives status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from narcissus._version import __version__
+from narcissus.errors import InputError, UnsupportedError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+# name -> (module, one-line summary for `narcissus --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": (
+        "narcissus.cli.doctor",
+        "audit this host: listeners inside the ephemeral range, self-connects now, the fix",
+    ),
+    "scan": (
+        "narcissus.cli.scan",
+        "list TCP sockets connected to themselves (and their TIME_WAIT remnants)",
+    ),
+}
+
+EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+DESCRIPTION = """\
+narcissus: reproduce, detect, explain and prevent TCP self-connects.
+
+A client retrying connect() to a local port where nothing listens can be handed that very port
+as its source port; TCP simultaneous open then connects the socket to itself and the client
+reads back its own bytes.
+"""
+
+EPILOG = """\
+exit status: 0 nothing found, 1 something found (at risk, self-connected), 2 bad input,
+3 this host cannot do it (privileges, OS), 130 interrupted.
+Run 'narcissus COMMAND --help' for a command's options.
+"""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with narcissus' error convention: one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _command_name(args: list[str]) -> str | None:
+    for arg in args:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(args: list[str]) -> ArgumentParser:
+    """The parser for `args`, with full options only for the command being run."""
+    parser = ArgumentParser(
+        prog="narcissus",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"narcissus {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    chosen = _command_name(args)
+    for name, (module_name, summary) in COMMANDS.items():
+        if name != chosen:
+            commands.add_parser(name, help=summary)
+            continue
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=module.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.configure(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def _fail(prefix: str, message: str, status: int) -> int:
+    sys.stderr.write(f"{prefix}: error: {message}\n")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script and of `python -m narcissus`."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(args)
+    options = parser.parse_args(args)
+    prefix = f"narcissus {options.command}" if options.command else "narcissus"
+    if options.command is None:
+        return _fail(
+            prefix,
+            f"a command is required: {', '.join(COMMANDS)} (see 'narcissus --help')",
+            EXIT_USAGE,
+        )
+    try:
+        status = options.run(options)
+        sys.stdout.flush()
+    except InputError as exc:
+        return _fail(prefix, str(exc), EXIT_USAGE)
+    except UnsupportedError as exc:
+        return _fail(prefix, str(exc), EXIT_UNSUPPORTED)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prefix}: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): send what is still buffered nowhere, quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    return int(status)

@@ -1,0 +1,119 @@
+"""What the commands share: argument types, JSON at the edge, and lazily built rich output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from narcissus.core.sockets import ScanReport, TcpSocket
+from narcissus.errors import InputError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from rich.console import Console
+    from rich.table import Table
+
+
+def port_arg(text: str) -> int:
+    """argparse type: a TCP port 1-65535, with the library's one-line message when it is not."""
+    from narcissus.core.ports import parse_port
+
+    try:
+        return parse_port(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json",
+        dest="as_json",
+        action="store_true",
+        help="print one JSON object for machines instead of text",
+    )
+
+
+def emit_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def socket_json(sock: TcpSocket) -> dict[str, Any]:
+    """The JSON shape of a socket, shared by every command that lists sockets."""
+    return {
+        "family": sock.family,
+        "address": sock.local_address,
+        "port": sock.local_port,
+        "remote_address": sock.remote_address,
+        "remote_port": sock.remote_port,
+        "state": sock.state.name,
+        "remnant": sock.is_remnant,
+        "ipv4_mapped": sock.ipv4_mapped,
+        "pids": [owner.pid for owner in sock.owners],
+        "processes": [owner.process for owner in sock.owners],
+        "inode": sock.inode,
+        "uid": sock.uid,
+        "netns": sock.netns,
+    }
+
+
+def scan_json(reports: list[ScanReport]) -> dict[str, Any]:
+    """The `narcissus scan --json` object; doctor embeds its `self_connected` list."""
+    return {
+        "self_connected": [socket_json(s) for report in reports for s in report.sockets],
+        "namespaces": [
+            {
+                "netns": report.netns,
+                "backend": report.backend,
+                "owners_visible": report.owners_visible,
+                "found": len(report.sockets),
+            }
+            for report in reports
+        ],
+        "owners_visible": all(report.owners_visible for report in reports),
+        "killed": [
+            {
+                **socket_json(result.socket),
+                "killed": result.error == 0,
+                "error": os.strerror(result.error) if result.error else None,
+            }
+            for report in reports
+            for result in report.killed
+        ],
+        "notes": [note for report in reports for note in report.notes],
+    }
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A rich console that never wraps long lines, so printed commands stay copy-pasteable."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True, highlight=False)
+
+
+def owners_text(sock: TcpSocket, visible: bool) -> str:
+    if sock.owners:
+        return ", ".join(f"{owner.process} ({owner.pid})" for owner in sock.owners)
+    if sock.is_remnant:
+        return "none (closed)"
+    return "none" if visible else "unknown"
+
+
+def self_connected_table(sockets: list[TcpSocket], owners_visible: bool) -> Table:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for header in ("NETNS", "FAMILY", "ADDRESS", "PORT", "STATE", "OWNER"):
+        table.add_column(header, overflow="fold")
+    for sock in sockets:
+        table.add_row(
+            sock.netns,
+            "ipv4-mapped" if sock.ipv4_mapped else sock.family,
+            sock.local_address,
+            str(sock.local_port),
+            sock.state_label,
+            owners_text(sock, owners_visible),
+        )
+    return table

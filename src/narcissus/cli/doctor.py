@@ -1,0 +1,177 @@
+"""`narcissus doctor`: a host audit a person can act on."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from narcissus.cli import EXIT_FOUND, EXIT_OK
+from narcissus.cli._common import (
+    add_json_option,
+    console,
+    emit_json,
+    port_arg,
+    scan_json,
+    self_connected_table,
+)
+from narcissus.core.ports import OS_LABELS, EphemeralPorts
+from narcissus.doctor import AtRisk, HostAudit, audit_host
+
+SUMMARY = "audit this host: listeners inside the ephemeral range, self-connects now, the fix"
+DESCRIPTION = """\
+Audit this host for TCP self-connect risk: the OS and kernel, the ephemeral port range and the
+reserved ports, every listening TCP socket whose port a retrying client could be handed as its
+own source port (with pid, process and why), any socket self-connected right now, and the exact
+fix (the sysctl command and the line for /etc/sysctl.d/, or moving the port below the range).
+
+exit status: 0 nothing at risk, 1 something at risk or self-connected, 2 bad input.
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--port",
+        dest="ports",
+        type=port_arg,
+        action="append",
+        default=[],
+        metavar="PORT",
+        help="also audit a port you plan to use (repeatable)",
+    )
+    add_json_option(parser)
+
+
+def run(options: argparse.Namespace) -> int:
+    audit = audit_host(options.ports)
+    if options.as_json:
+        emit_json(doctor_json(audit))
+    else:
+        _render(audit)
+    return EXIT_OK if audit.healthy else EXIT_FOUND
+
+
+def _at_risk_json(item: AtRisk) -> dict[str, Any]:
+    first = item.owners[0] if item.owners else None
+    return {
+        "port": item.port,
+        "address": item.address,
+        "pid": first.pid if first else None,
+        "process": first.process if first else None,
+        "pids": [owner.pid for owner in item.owners],
+        "kind": item.kind,
+        "likelihood": item.verdict.likelihood,
+        "reason": item.verdict.reason(),
+    }
+
+
+def doctor_json(audit: HostAudit) -> dict[str, Any]:
+    settings = audit.settings
+    fix = audit.fix
+    return {
+        "os": audit.os,
+        "os_family": settings.os,
+        "ephemeral_range": settings.range.as_list(),
+        "ephemeral_range_source": settings.source,
+        "fallback_reason": settings.fallback_reason,
+        "reserved_ports": list(settings.reserved),
+        "reserved_ports_text": str(settings.reserved),
+        "parity_first": settings.parity_first,
+        "at_risk": [_at_risk_json(item) for item in audit.at_risk],
+        "planned": [
+            {"port": v.port, "status": v.status.value, "reason": v.reason()} for v in audit.planned
+        ],
+        "self_connected": scan_json(list(audit.scans))["self_connected"],
+        "owners_visible": audit.owners_visible,
+        "fix": None
+        if fix is None
+        else {
+            "ports": list(fix.ports),
+            "commands": list(fix.commands),
+            "persist_file": fix.persist_file,
+            "persist_line": fix.persist_line,
+            "alternative": fix.alternative,
+        },
+        "notes": list(audit.notes),
+        "healthy": audit.healthy,
+    }
+
+
+def _allocator_line(settings: EphemeralPorts) -> str | None:
+    if not settings.parity_first:
+        return None
+    parity = "even" if settings.range.low % 2 == 0 else "odd"
+    other = "odd" if parity == "even" else "even"
+    label = OS_LABELS.get(settings.os, settings.os)
+    return (
+        f"{label} connect() tries {parity} ports first; {other} ports are picked only when the "
+        f"{parity} ones run out"
+    )
+
+
+def _render(audit: HostAudit) -> None:
+    from rich.table import Table
+
+    out = console()
+    settings = audit.settings
+    out.print(f"[bold]narcissus doctor[/] on {audit.os}")
+    out.print(
+        f"  ephemeral range  {settings.range} ({settings.usable:,} usable ports; "
+        f"from {settings.source})"
+    )
+    out.print(f"  reserved ports   {settings.reserved or 'none'}")
+    allocator = _allocator_line(settings)
+    if allocator:
+        out.print(f"  allocator        {allocator}")
+    for note in audit.notes:
+        out.print(f"  [yellow]note:[/] {note}")
+    out.print()
+
+    if audit.at_risk:
+        out.print(
+            f"[bold red]At risk: {len(audit.at_risk)} port(s) inside the ephemeral range and "
+            "not reserved[/]"
+        )
+        table = Table(box=None, pad_edge=False)
+        for header in ("PORT", "ADDRESS", "PID", "PROCESS", "LIKELIHOOD"):
+            table.add_column(header)
+        for item in audit.at_risk:
+            owner = item.owners[0] if item.owners else None
+            table.add_row(
+                str(item.port),
+                item.address or "(planned)",
+                str(owner.pid) if owner else "-",
+                owner.process if owner else "-",
+                item.verdict.likelihood,
+            )
+        out.print(table)
+        for port in sorted({item.port for item in audit.at_risk}):
+            verdict = next(item.verdict for item in audit.at_risk if item.port == port)
+            out.print(f"  why {port}: {verdict.reason()}")
+    else:
+        out.print("[green]No listening socket sits inside the ephemeral range unreserved.[/]")
+    for verdict in audit.planned:
+        if not verdict.at_risk:
+            out.print(f"  planned {verdict.port}: {verdict.reason()}")
+    out.print()
+
+    sockets = list(audit.self_connected)
+    if sockets:
+        out.print(f"[bold red]Self-connected right now: {len(sockets)}[/]")
+        out.print(self_connected_table(sockets, audit.owners_visible))
+        out.print("  free the port now: narcissus scan --kill")
+    else:
+        out.print("[green]No socket is self-connected right now.[/]")
+
+    if audit.fix:
+        fix = audit.fix
+        out.print()
+        out.print("[bold]Fix[/] (reserve the ports so no client can be handed them):")
+        for cmd in fix.commands:
+            out.print(f"  {cmd}", markup=False)
+        if fix.persist_file and fix.persist_line:
+            out.print(f"  keep it after reboot, in {fix.persist_file}:", markup=False)
+            out.print(f"    {fix.persist_line}", markup=False)
+        out.print(f"  {fix.alternative}", markup=False)
+    out.print()
+    summary = "healthy" if audit.healthy else "AT RISK"
+    out.print(f"Verdict: [bold]{summary}[/] (exit status {0 if audit.healthy else 1})")

@@ -1,0 +1,288 @@
+"""Port ranges, port sets, and what an OS's ephemeral-port settings mean for one port.
+
+Rules: pure values and functions. No I/O, no platform checks, standard library only; the OS
+modules under `narcissus.system` read the raw settings and build these values.
+
+Theory: an unbound `connect()` can only be handed a source port that lies inside the OS's
+ephemeral range and is not reserved (Linux `ip_local_reserved_ports`, Windows excluded port
+ranges). A server listening on such a port can therefore be "reached" by a client that
+connected to itself. On Linux >= 4.6, `connect()` tries ports of the parity of the range's low
+end first, so ports of the other parity are practically never picked while the preferred ones
+are free (see shared FACTS: 200,000 attempts at an odd port, no hit).
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+from narcissus.errors import InputError
+
+MIN_PORT = 1
+MAX_PORT = 65535
+
+# Documented defaults, used when the OS cannot be read (one row per OS).
+DEFAULT_RANGES: dict[str, tuple[int, int]] = {
+    "linux": (32768, 60999),
+    "darwin": (49152, 65535),
+    "freebsd": (10000, 65535),
+    "openbsd": (49152, 65535),
+    "windows": (49152, 65535),
+}
+
+OS_LABELS: dict[str, str] = {
+    "linux": "Linux",
+    "darwin": "macOS",
+    "freebsd": "FreeBSD",
+    "openbsd": "OpenBSD",
+    "windows": "Windows",
+}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PortRange:
+    """An inclusive range of ports, `low`..`high`."""
+
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.low <= self.high <= MAX_PORT):
+            raise ValueError(f"invalid port range {self.low}-{self.high}")
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.low <= port <= self.high
+
+    def __len__(self) -> int:
+        return self.high - self.low + 1
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.low, self.high + 1))
+
+    def __str__(self) -> str:
+        return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
+
+    def as_list(self) -> list[int]:
+        """`[low, high]`, the shape JSON output uses."""
+        return [self.low, self.high]
+
+
+class PortSet:
+    """An immutable set of ports kept as sorted, disjoint, non-adjacent ranges.
+
+    Reserved-port lists can span tens of thousands of ports, so membership is a bisect over
+    range starts rather than a set of ints.
+    """
+
+    __slots__ = ("_lows", "_ranges")
+
+    def __init__(self, items: Iterable[PortRange | int] = ()) -> None:
+        spans = sorted(
+            (item.low, item.high) if isinstance(item, PortRange) else (item, item) for item in items
+        )
+        merged: list[list[int]] = []
+        for low, high in spans:
+            if merged and low <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], high)
+            else:
+                merged.append([low, high])
+        self._ranges: tuple[PortRange, ...] = tuple(PortRange(lo, hi) for lo, hi in merged)
+        self._lows: tuple[int, ...] = tuple(r.low for r in self._ranges)
+
+    @property
+    def ranges(self) -> tuple[PortRange, ...]:
+        return self._ranges
+
+    def __contains__(self, port: object) -> bool:
+        if not isinstance(port, int):
+            return False
+        index = bisect.bisect_right(self._lows, port) - 1
+        return index >= 0 and port <= self._ranges[index].high
+
+    def __iter__(self) -> Iterator[int]:
+        for span in self._ranges:
+            yield from span
+
+    def __len__(self) -> int:
+        return sum(len(span) for span in self._ranges)
+
+    def __bool__(self) -> bool:
+        return bool(self._ranges)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PortSet) and self._ranges == other._ranges
+
+    def __hash__(self) -> int:
+        return hash(self._ranges)
+
+    def __or__(self, other: Iterable[PortRange | int]) -> PortSet:
+        extra = other.ranges if isinstance(other, PortSet) else other
+        return PortSet([*self._ranges, *extra])
+
+    def __repr__(self) -> str:
+        return f"PortSet({str(self)!r})"
+
+    def __str__(self) -> str:
+        """The kernel's list syntax, as `ip_local_reserved_ports` prints it: `8080,9000-9010`."""
+        return ",".join(str(span) for span in self._ranges)
+
+    def count_in(self, span: PortRange) -> int:
+        """How many ports of this set fall inside `span`."""
+        total = 0
+        for own in self._ranges:
+            low, high = max(own.low, span.low), min(own.high, span.high)
+            if low <= high:
+                total += high - low + 1
+        return total
+
+
+_LIST_ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def parse_port_list(text: str) -> PortSet:
+    """Parse the kernel's port-list syntax (`"8080,9000-9010"`, also space separated).
+
+    Raises ValueError on malformed text; callers that take user input wrap it in InputError.
+    """
+    items: list[PortRange] = []
+    for chunk in re.split(r"[,\s]+", text.strip()):
+        if not chunk:
+            continue
+        match = _LIST_ITEM.match(chunk)
+        if not match:
+            raise ValueError(f"not a port or port range: {chunk!r}")
+        low = int(match.group(1))
+        high = int(match.group(2)) if match.group(2) else low
+        if not (0 <= low <= high <= MAX_PORT):
+            raise ValueError(f"not a valid port range: {chunk!r}")
+        items.append(PortRange(low, high))
+    return PortSet(items)
+
+
+def parse_port(text: str | int, *, what: str = "port") -> int:
+    """Validate a user-given port (1-65535); the InputError message says how to fix it."""
+    raw = str(text).strip()
+    if not raw.isdigit():
+        raise InputError(f"{what} must be a whole number from 1 to 65535, got {raw!r}")
+    port = int(raw)
+    if not MIN_PORT <= port <= MAX_PORT:
+        raise InputError(f"{what} must be from 1 to 65535, got {port}")
+    return port
+
+
+def parse_port_range(text: str, *, what: str = "port range") -> PortRange:
+    """Validate a user-given `PORT` or `LOW-HIGH` (both 1-65535, LOW <= HIGH)."""
+    parts = text.strip().split("-")
+    if len(parts) == 1:
+        port = parse_port(parts[0], what=what)
+        return PortRange(port, port)
+    if len(parts) != 2:
+        raise InputError(f"{what} must look like 50000 or 40000-40100, got {text!r}")
+    low = parse_port(parts[0], what=f"{what} start")
+    high = parse_port(parts[1], what=f"{what} end")
+    if low > high:
+        raise InputError(f"{what} {text!r} starts after it ends; write it as {high}-{low}")
+    return PortRange(low, high)
+
+
+class PortStatus(str, Enum):
+    """Where a port stands against an OS's ephemeral-port settings."""
+
+    OUTSIDE = "outside"  # never handed out to an unbound connect(): safe
+    RESERVED = "reserved"  # inside the range but excluded: safe
+    INSIDE = "inside"  # can be handed out: a listener here can be self-connected
+
+
+@dataclass(frozen=True, slots=True)
+class EphemeralPorts:
+    """What the OS may hand an unbound `connect()` as its source port.
+
+    `source` says where the numbers come from; `fallback_reason` is set when the OS could not be
+    read and the documented default is shown instead. `parity_first` is true when `connect()`
+    prefers ports of the parity of `range.low` (Linux >= 4.6).
+    """
+
+    os: str
+    range: PortRange
+    reserved: PortSet
+    source: str
+    parity_first: bool = False
+    fallback_reason: str | None = None
+
+    @property
+    def usable(self) -> int:
+        """How many ports the allocator can actually hand out."""
+        return len(self.range) - self.reserved.count_in(self.range)
+
+    def classify(self, port: int) -> PortClass:
+        if port not in self.range:
+            status = PortStatus.OUTSIDE
+        elif port in self.reserved:
+            status = PortStatus.RESERVED
+        else:
+            status = PortStatus.INSIDE
+        preferred: bool | None = None
+        if self.parity_first and status is PortStatus.INSIDE:
+            preferred = port % 2 == self.range.low % 2
+        return PortClass(port=port, status=status, settings=self, preferred_parity=preferred)
+
+
+@dataclass(frozen=True, slots=True)
+class PortClass:
+    """The verdict on one port: can an unbound client be handed it, and how readily."""
+
+    port: int
+    status: PortStatus
+    settings: EphemeralPorts
+    # None: the allocator has no parity preference (or the port is not inside the range).
+    preferred_parity: bool | None = None
+
+    @property
+    def at_risk(self) -> bool:
+        return self.status is PortStatus.INSIDE
+
+    @property
+    def likelihood(self) -> str:
+        """`none`, `low` (non-preferred parity) or `high`."""
+        if not self.at_risk:
+            return "none"
+        return "low" if self.preferred_parity is False else "high"
+
+    def reason(self) -> str:
+        """One sentence a person can act on."""
+        rng = self.settings.range
+        os_label = OS_LABELS.get(self.settings.os, self.settings.os)
+        never = "never picked as a source port"
+        if self.status is PortStatus.OUTSIDE:
+            return f"port {self.port} is outside the ephemeral range {rng}: {never}"
+        if self.status is PortStatus.RESERVED:
+            return f"port {self.port} is inside the ephemeral range {rng} but reserved: {never}"
+        text = (
+            f"port {self.port} is inside the ephemeral range {rng} and not reserved: a client "
+            "retrying while nothing listens there can be handed this port and connect to itself"
+        )
+        if self.preferred_parity is True:
+            text += f" ({os_label} connect() tries ports of this parity first)"
+        elif self.preferred_parity is False:
+            text += (
+                f" (unlikely: {os_label} connect() prefers the other parity and takes this one "
+                "only when those run out)"
+            )
+        return text
+
+
+def kernel_version(release: str) -> tuple[int, int, int]:
+    """`"6.18.44-fc-v782"` -> `(6, 18, 44)`; missing parts are 0, garbage is (0, 0, 0)."""
+    match = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", release.strip())
+    if not match:
+        return (0, 0, 0)
+    major, minor, patch = (int(part) if part else 0 for part in match.groups())
+    return (major, minor, patch)
+
+
+def linux_prefers_parity(release: str) -> bool:
+    """Linux 4.6 made connect() try ports of the range's low-end parity first."""
+    return kernel_version(release) >= (4, 6, 0)

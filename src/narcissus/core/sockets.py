@@ -1,0 +1,173 @@
+"""TCP sockets as an OS reports them, and what makes one self-connected.
+
+Rules: pure values, no I/O. Backends (netlink on Linux, psutil elsewhere) build `TcpSocket`s;
+the CLI, exporter and watch render them. These classes sit on the scan hot path, hence `Value`
+rather than dataclasses (see `narcissus.core.values`).
+
+A socket is self-connected when its local address and port equal its remote address and port:
+TCP simultaneous open completed with itself. After it closes, the same 4-tuple lingers in
+TIME_WAIT for a minute with no owner: a *remnant*, evidence that a self-connect happened and a
+reason a server cannot bind the port yet.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from narcissus.core.values import Value
+
+
+class TcpState(IntEnum):
+    """Linux's TCP state numbers (include/net/tcp_states.h); other OSes map onto them."""
+
+    ESTABLISHED = 1
+    SYN_SENT = 2
+    SYN_RECV = 3
+    FIN_WAIT1 = 4
+    FIN_WAIT2 = 5
+    TIME_WAIT = 6
+    CLOSE = 7
+    CLOSE_WAIT = 8
+    LAST_ACK = 9
+    LISTEN = 10
+    CLOSING = 11
+    NEW_SYN_RECV = 12
+    BOUND_INACTIVE = 13
+
+
+ALL_STATES_MASK = 0xFFFFFFFF
+
+
+def state_mask(*states: TcpState) -> int:
+    """The bitmask sock_diag takes: bit N set selects state N."""
+    mask = 0
+    for state in states:
+        mask |= 1 << int(state)
+    return mask
+
+
+class Owner(Value):
+    """A process holding a file descriptor of the socket."""
+
+    __slots__ = ("pid", "process")
+
+    def __init__(self, pid: int, process: str) -> None:
+        self.pid = pid
+        self.process = process
+
+
+class TcpSocket(Value):
+    """One TCP socket. `family` is "ipv4" or "ipv6"; addresses are printable strings.
+
+    `interface` and `cookie` are the kernel's identity of the socket, which SOCK_DESTROY needs.
+    """
+
+    __slots__ = (
+        "cookie",
+        "family",
+        "inode",
+        "interface",
+        "local_address",
+        "local_port",
+        "netns",
+        "owners",
+        "remote_address",
+        "remote_port",
+        "state",
+        "uid",
+    )
+
+    def __init__(
+        self,
+        family: str,
+        local_address: str,
+        local_port: int,
+        remote_address: str,
+        remote_port: int,
+        state: TcpState,
+        inode: int = 0,
+        uid: int = 0,
+        netns: str = "host",
+        owners: tuple[Owner, ...] = (),
+        interface: int = 0,
+        cookie: int = 0,
+    ) -> None:
+        self.family = family
+        self.local_address = local_address
+        self.local_port = local_port
+        self.remote_address = remote_address
+        self.remote_port = remote_port
+        self.state = state
+        self.inode = inode
+        self.uid = uid
+        self.netns = netns
+        self.owners = owners
+        self.interface = interface
+        self.cookie = cookie
+
+    @property
+    def is_self_connected(self) -> bool:
+        return (
+            self.local_port == self.remote_port
+            and self.local_port != 0
+            and self.local_address == self.remote_address
+        )
+
+    @property
+    def is_remnant(self) -> bool:
+        """A TIME_WAIT leftover of a socket that is already closed (it has no owner)."""
+        return self.state is TcpState.TIME_WAIT
+
+    @property
+    def ipv4_mapped(self) -> bool:
+        return self.family == "ipv6" and self.local_address.startswith("::ffff:")
+
+    @property
+    def state_label(self) -> str:
+        return (
+            "TIME_WAIT (remnant of a closed self-connect)" if self.is_remnant else self.state.name
+        )
+
+
+class KillResult(Value):
+    """What SOCK_DESTROY did to one socket: `error` 0 means it is gone."""
+
+    __slots__ = ("error", "socket")
+
+    def __init__(self, socket: TcpSocket, error: int) -> None:
+        self.socket = socket
+        self.error = error
+
+
+class ScanReport(Value):
+    """Self-connected sockets found in one network namespace (or on one non-Linux host).
+
+    `owners_visible` is false when the caller could not read every process's descriptors (not
+    root), so an empty owner list then means "unknown", not "none".
+    """
+
+    __slots__ = ("backend", "killed", "netns", "notes", "owners_visible", "sockets")
+
+    def __init__(
+        self,
+        netns: str,
+        sockets: tuple[TcpSocket, ...],
+        owners_visible: bool,
+        backend: str,
+        notes: tuple[str, ...] = (),
+        killed: tuple[KillResult, ...] = (),
+    ) -> None:
+        self.netns = netns
+        self.sockets = sockets
+        self.owners_visible = owners_visible
+        self.backend = backend
+        self.notes = notes
+        self.killed = killed
+
+    @property
+    def live(self) -> tuple[TcpSocket, ...]:
+        return tuple(s for s in self.sockets if not s.is_remnant)
+
+    @property
+    def remnants(self) -> tuple[TcpSocket, ...]:
+        return tuple(s for s in self.sockets if s.is_remnant)

@@ -1,0 +1,148 @@
+"""What the non-Linux OS modules share: psutil for sockets, `sysctl`/`netsh` runs for settings,
+and a single pseudo-namespace (only Linux has network namespaces we can enter)."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from collections.abc import Callable
+
+from narcissus.core.ports import DEFAULT_RANGES, EphemeralPorts, PortRange, PortSet
+from narcissus.core.sockets import KillResult, Owner, ScanReport, TcpSocket, TcpState
+from narcissus.core.values import Value
+from narcissus.errors import InputError, UnsupportedError
+
+BACKEND = "psutil"
+
+
+class Netns(Value):
+    """Stand-in so every OS module shares one signature; non-Linux hosts have only this one."""
+
+    __slots__ = ("inode", "label", "path")
+
+    def __init__(self, label: str, path: str, inode: int) -> None:
+        self.label = label
+        self.path = path
+        self.inode = inode
+
+
+HOST = Netns("host", "", 0)
+
+
+def os_description() -> str:
+    return f"{platform.system()} {platform.release()} ({platform.machine()})"
+
+
+def run_text(argv: list[str]) -> str:
+    """Run a read-only settings command and return its stdout (raises OSError on failure)."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    if done.returncode != 0:
+        raise OSError(f"{' '.join(argv)} exited with {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def settings_or_default(
+    os_name: str, source: str, read: Callable[[], tuple[PortRange, PortSet]]
+) -> EphemeralPorts:
+    """Call `read`; if the OS cannot be read, say why and use the documented default."""
+    try:
+        port_range, reserved = read()
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        low, high = DEFAULT_RANGES[os_name]
+        return EphemeralPorts(
+            os=os_name,
+            range=PortRange(low, high),
+            reserved=PortSet(),
+            source="documented default",
+            fallback_reason=f"could not read {source}: {exc}",
+        )
+    return EphemeralPorts(os=os_name, range=port_range, reserved=reserved, source=source)
+
+
+def namespaces(spec: str | None = None, *, every: bool = False) -> list[Netns]:
+    if spec is not None:
+        raise InputError("--netns works only on Linux: this OS has no network namespaces")
+    return [HOST]
+
+
+def _state(name: str) -> TcpState:
+    try:
+        return TcpState[name.replace("-", "_").upper()]
+    except KeyError:
+        return TcpState.CLOSE
+
+
+def _sockets(keep: Callable[[object], bool]) -> tuple[list[TcpSocket], bool]:
+    try:
+        import psutil
+    except ImportError as exc:
+        raise UnsupportedError(
+            "scanning sockets on this OS needs psutil: pip install psutil"
+        ) from exc
+    complete = True
+    try:
+        connections = psutil.net_connections("tcp")
+    except psutil.AccessDenied:
+        complete = False
+        connections = []
+    names: dict[int, str] = {}
+    found: list[TcpSocket] = []
+    for conn in connections:
+        if not keep(conn):
+            continue
+        owners: tuple[Owner, ...] = ()
+        if conn.pid:
+            if conn.pid not in names:
+                try:
+                    names[conn.pid] = psutil.Process(conn.pid).name()
+                except psutil.Error:
+                    names[conn.pid] = "?"
+            owners = (Owner(conn.pid, names[conn.pid]),)
+        else:
+            complete = complete and conn.status == "TIME_WAIT"
+        local, remote = _address(conn.laddr), _address(conn.raddr)
+        found.append(
+            TcpSocket(
+                family="ipv6" if ":" in local[0] else "ipv4",
+                local_address=local[0],
+                local_port=local[1],
+                remote_address=remote[0],
+                remote_port=remote[1],
+                state=_state(conn.status),
+                owners=owners,
+            )
+        )
+    return found, complete
+
+
+def _address(value: object) -> tuple[str, int]:
+    """psutil gives an (ip, port) pair, or an empty tuple for no address."""
+    if isinstance(value, tuple) and len(value) == 2:
+        return str(value[0]), int(value[1])
+    return "", 0
+
+
+def _is_self_connected(conn: object) -> bool:
+    laddr = getattr(conn, "laddr", None)
+    raddr = getattr(conn, "raddr", None)
+    return bool(laddr and raddr and tuple(laddr) == tuple(raddr))
+
+
+def _is_listening(conn: object) -> bool:
+    return getattr(conn, "status", "") == "LISTEN"
+
+
+def scan(netns: Netns | None = None) -> ScanReport:
+    found, complete = _sockets(_is_self_connected)
+    notes = () if complete else ("some owners are hidden from this user: run as administrator",)
+    return ScanReport("host", tuple(found), complete, BACKEND, notes)
+
+
+def listening_sockets(netns: Netns | None = None) -> tuple[list[TcpSocket], bool]:
+    return _sockets(_is_listening)
+
+
+def destroy(sockets: list[TcpSocket], netns: Netns | None = None) -> list[KillResult]:
+    raise UnsupportedError(
+        "--kill needs Linux (SOCK_DESTROY); on this OS stop the owning process instead"
+    )

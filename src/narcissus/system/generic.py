@@ -1,0 +1,35 @@
+"""Any other OS: psutil for sockets, and no readable port settings (Linux's default is assumed
+and said to be a guess)."""
+
+from __future__ import annotations
+
+from narcissus.core.ports import EphemeralPorts, PortRange, PortSet
+from narcissus.system._portable import (
+    BACKEND,
+    Netns,
+    destroy,
+    listening_sockets,
+    namespaces,
+    os_description,
+    scan,
+)
+
+__all__ = [
+    "BACKEND",
+    "Netns",
+    "destroy",
+    "listening_sockets",
+    "namespaces",
+    "os_description",
+    "scan",
+]
+
+
+def ephemeral_ports(netns: Netns | None = None) -> EphemeralPorts:
+    return EphemeralPorts(
+        os="linux",
+        range=PortRange(32768, 60999),
+        reserved=PortSet(),
+        source="guess",
+        fallback_reason="no module reads this OS's ephemeral range: showing Linux's default",
+    )

@@ -1,0 +1,125 @@
+"""Linux: ephemeral-port settings from /proc/sys, sockets from netlink sock_diag, owners from
+/proc, and other network namespaces through setns().
+
+`scan` is on the path `narcissus scan --json` must run faster than `ss`, so what only the other
+functions need (settings parsing, `platform`) is imported inside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+from narcissus.core import inet_diag
+from narcissus.core.sockets import (
+    ALL_STATES_MASK,
+    KillResult,
+    ScanReport,
+    TcpSocket,
+    TcpState,
+    state_mask,
+)
+from narcissus.system.linux import netns as _netns
+from narcissus.system.linux.netns import Netns
+from narcissus.system.linux.procfs import find_owners
+from narcissus.system.linux.sockdiag import SockDiag
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from narcissus.core.ports import EphemeralPorts
+
+BACKEND = "netlink sock_diag"
+_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+# A self-connected socket is never a listener; leaving LISTEN out also skips every server socket.
+_SCAN_STATES = ALL_STATES_MASK & ~state_mask(TcpState.LISTEN)
+_BLOCK_FILTER = inet_diag.same_block_filter(inet_diag.port_blocks(1024))
+
+__all__ = [
+    "BACKEND",
+    "Netns",
+    "destroy",
+    "ephemeral_ports",
+    "listening_sockets",
+    "namespaces",
+    "os_description",
+    "scan",
+]
+
+
+def os_description() -> str:
+    import platform
+
+    from narcissus.system.linux.settings import kernel_release
+
+    distro = ""
+    with contextlib.suppress(OSError):
+        distro = platform.freedesktop_os_release().get("PRETTY_NAME", "")
+    text = f"Linux {kernel_release()} ({platform.machine()})"
+    return f"{text}, {distro}" if distro else text
+
+
+def ephemeral_ports(netns: Netns | None = None) -> EphemeralPorts:
+    from narcissus.system.linux.settings import read_ephemeral_ports
+
+    with _netns.entered(netns):
+        return read_ephemeral_ports()
+
+
+def namespaces(spec: str | None = None, *, every: bool = False) -> list[Netns]:
+    """The namespaces a command should look at: one by spec, all of them, or the current one."""
+    if every:
+        return _netns.all_namespaces()
+    if spec is not None:
+        return [_netns.resolve(spec)]
+    return [_netns.current()]
+
+
+def _with_owners(
+    found: list[TcpSocket], *, first_only: bool
+) -> tuple[list[TcpSocket], bool, tuple[str, ...]]:
+    lookup = find_owners({sock.inode for sock in found if sock.inode}, first_only=first_only)
+    notes: list[str] = []
+    if not lookup.complete:
+        notes.append(
+            "some processes' descriptors could not be read (not root): owners may be missing; "
+            "run as root to see every owner"
+        )
+    with_owners = [sock.replace(owners=lookup.owners.get(sock.inode, ())) for sock in found]
+    return with_owners, lookup.complete, tuple(notes)
+
+
+def scan(netns: Netns | None = None) -> ScanReport:
+    """Every self-connected TCP socket (and TIME_WAIT remnant) in one network namespace.
+
+    Owners: the first process found holding each socket (see `procfs.find_owners`)."""
+    target = netns or _netns.current()
+    found: list[TcpSocket] = []
+    with _netns.entered(target), SockDiag() as diag:
+        for family in _FAMILIES:
+            found += diag.dump(
+                family,
+                _SCAN_STATES,
+                bytecode=_BLOCK_FILTER,
+                self_connected_only=True,
+                netns=target.label,
+            )
+    sockets, complete, notes = _with_owners(found, first_only=True)
+    return ScanReport(target.label, tuple(sockets), complete, BACKEND, notes)
+
+
+def listening_sockets(netns: Netns | None = None) -> tuple[list[TcpSocket], bool]:
+    """Every listening TCP socket (IPv4 and IPv6) with all its owners; the flag says whether
+    every owner could be seen."""
+    target = netns or _netns.current()
+    found: list[TcpSocket] = []
+    with _netns.entered(target), SockDiag() as diag:
+        for family in _FAMILIES:
+            found += diag.dump(family, state_mask(TcpState.LISTEN), netns=target.label)
+    sockets, complete, _notes = _with_owners(found, first_only=False)
+    return sockets, complete
+
+
+def destroy(sockets: list[TcpSocket], netns: Netns | None = None) -> list[KillResult]:
+    """Abort each socket with SOCK_DESTROY (needs CAP_NET_ADMIN); frees the port it holds."""
+    with _netns.entered(netns), SockDiag() as diag:
+        return [KillResult(sock, diag.destroy(sock)) for sock in sockets]

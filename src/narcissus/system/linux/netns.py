@@ -1,0 +1,139 @@
+"""Network namespaces: name them, list them, and run code inside one.
+
+Containers and pods each have their own network namespace with its own sockets and its own
+ephemeral-port settings. `setns()` moves only the calling thread, and a netlink socket or a
+/proc/sys file belongs to the namespace it was opened in, so `entered()` switches the thread in,
+lets the caller open what it needs, and always switches back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from narcissus.core.values import Value
+from narcissus.errors import InputError, UnsupportedError
+
+CLONE_NEWNET = 0x40000000
+NAMED_NETNS_DIR = "/run/netns"
+
+
+class Netns(Value):
+    """A network namespace: a label for people, a path to its nsfs file, and its inode."""
+
+    __slots__ = ("inode", "label", "path")
+
+    def __init__(self, label: str, path: str, inode: int) -> None:
+        self.label = label
+        self.path = path
+        self.inode = inode
+
+
+def _inode(path: str) -> int:
+    return os.stat(path).st_ino
+
+
+def current() -> Netns:
+    """The namespace this thread is in; labelled "host" when it is also init's."""
+    path = "/proc/thread-self/ns/net"
+    inode = _inode(path)
+    try:
+        label = "host" if _inode("/proc/1/ns/net") == inode else f"net:[{inode}]"
+    except OSError:
+        label = "current"
+    return Netns(label, path, inode)
+
+
+def resolve(spec: str) -> Netns:
+    """`NAME` (as `ip netns` knows it), `PID` (that process's namespace) or an nsfs file path."""
+    spec = spec.strip()
+    if not spec:
+        raise InputError("--netns needs a name from `ip netns list` or a process id")
+    if spec.isdigit():
+        path = f"/proc/{spec}/ns/net"
+        label = f"pid:{spec}"
+        hint = f"no process with pid {spec}: give the pid of a running process in that namespace"
+    elif "/" in spec:
+        path, label = spec, spec
+        hint = f"no network namespace file at {spec}"
+    else:
+        path = f"{NAMED_NETNS_DIR}/{spec}"
+        label = spec
+        hint = f"no network namespace named {spec!r}: see `ip netns list` for the names there are"
+    try:
+        inode = _inode(path)
+    except PermissionError as exc:
+        raise UnsupportedError(f"cannot open {path}: {exc.strerror}; run as root") from exc
+    except OSError as exc:
+        raise InputError(hint) from exc
+    return Netns(label, path, inode)
+
+
+def all_namespaces() -> list[Netns]:
+    """Every network namespace this process can see: its own, the named ones, and those of
+    running processes (each listed once, by its first label)."""
+    seen: dict[int, Netns] = {}
+    own = current()
+    seen[own.inode] = own
+    try:
+        names = sorted(os.listdir(NAMED_NETNS_DIR))
+    except OSError:
+        names = []
+    for name in names:
+        path = f"{NAMED_NETNS_DIR}/{name}"
+        try:
+            seen.setdefault(_inode(path), Netns(name, path, _inode(path)))
+        except OSError:
+            continue
+    with os.scandir("/proc") as entries:
+        pids = sorted(int(entry.name) for entry in entries if entry.name.isdigit())
+    for pid in pids:
+        path = f"/proc/{pid}/ns/net"
+        try:
+            inode = _inode(path)
+        except OSError:
+            continue
+        seen.setdefault(inode, Netns(f"pid:{pid}", path, inode))
+    return list(seen.values())
+
+
+def _setns(fd: int) -> None:
+    setns = getattr(os, "setns", None)
+    if setns is not None:  # Python >= 3.12
+        setns(fd, CLONE_NEWNET)
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+
+
+@contextmanager
+def entered(netns: Netns | None) -> Iterator[None]:
+    """Run the body with this thread inside `netns` (no-op for None or the current one)."""
+    if netns is None or netns.inode == _inode("/proc/thread-self/ns/net"):
+        yield
+        return
+    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            target = os.open(netns.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise InputError(f"network namespace {netns.label} no longer exists") from exc
+        try:
+            _setns(target)
+        except PermissionError as exc:
+            raise UnsupportedError(
+                f"entering network namespace {netns.label} needs root (CAP_SYS_ADMIN)"
+            ) from exc
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(original)
+    finally:
+        os.close(original)

@@ -1,0 +1,95 @@
+"""Which processes hold a socket: /proc/<pid>/fd links of the form `socket:[inode]`.
+
+Walking every descriptor is the slow part of a scan on a busy host (measured: ~6 us per
+descriptor here, 250 ms for 40,000), so only the inodes asked about are looked for, each
+directory is read through one open descriptor, and with `first_only` processes are visited from
+the fewest descriptors up (Linux >= 6.2 reports the count as the size of /proc/<pid>/fd) and the
+walk stops once every socket has an owner. The socket a self-connecting client holds sits in
+that client; the processes holding thousands of connections come last.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+
+from narcissus.core.sockets import Owner
+from narcissus.core.values import Value
+
+
+class OwnerLookup(Value):
+    """Owners per socket inode. `complete` is false when some processes could not be read;
+    `stopped_early` is true when the walk stopped at the first owner of each socket."""
+
+    __slots__ = ("complete", "owners", "stopped_early")
+
+    def __init__(
+        self, owners: dict[int, tuple[Owner, ...]], complete: bool, stopped_early: bool = False
+    ) -> None:
+        self.owners = owners
+        self.complete = complete
+        self.stopped_early = stopped_early
+
+
+def process_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "?"
+
+
+def _pids_fewest_descriptors_first() -> list[int]:
+    sized: list[tuple[int, int]] = []
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if entry.name.isdigit():
+                try:
+                    size = os.stat(f"/proc/{entry.name}/fd").st_size
+                except OSError:
+                    size = 0
+                sized.append((size, int(entry.name)))
+    sized.sort()
+    return [pid for _size, pid in sized]
+
+
+def find_owners(inodes: Collection[int], *, first_only: bool = False) -> OwnerLookup:
+    """Map each socket inode to the processes holding it (see the module notes on speed)."""
+    wanted = {f"socket:[{inode}]": inode for inode in inodes if inode}
+    if not wanted:
+        return OwnerLookup({}, True)
+    missing = set(wanted.values())
+    found: dict[int, list[int]] = {}
+    complete = True
+    stopped_early = False
+    for pid in _pids_fewest_descriptors_first():
+        if first_only and not missing:
+            stopped_early = True
+            break
+        try:
+            fd_dir = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
+        except PermissionError:
+            complete = False
+            continue
+        except OSError:
+            continue  # the process exited meanwhile
+        try:
+            for name in os.listdir(fd_dir):
+                try:
+                    inode = wanted.get(os.readlink(name, dir_fd=fd_dir))
+                except OSError:
+                    continue
+                if inode is not None:
+                    found.setdefault(inode, []).append(pid)
+                    missing.discard(inode)
+        except PermissionError:
+            complete = False
+        except OSError:
+            pass
+        finally:
+            os.close(fd_dir)
+    owners = {
+        inode: tuple(Owner(pid, process_name(pid)) for pid in sorted(holders))
+        for inode, holders in found.items()
+    }
+    return OwnerLookup(owners, complete, stopped_early)

@@ -1,0 +1,48 @@
+"""Windows: `netsh` for the dynamic port range and the excluded port ranges (localized output,
+so the parsers read numbers only), psutil for sockets."""
+
+from __future__ import annotations
+
+from narcissus.core.os_settings import (
+    parse_netsh_dynamic_port_range,
+    parse_netsh_excluded_port_ranges,
+)
+from narcissus.core.ports import EphemeralPorts, PortRange, PortSet
+from narcissus.system._portable import (
+    BACKEND,
+    Netns,
+    destroy,
+    listening_sockets,
+    namespaces,
+    os_description,
+    run_text,
+    scan,
+    settings_or_default,
+)
+
+__all__ = [
+    "BACKEND",
+    "Netns",
+    "destroy",
+    "listening_sockets",
+    "namespaces",
+    "os_description",
+    "scan",
+]
+
+DYNAMIC_PORTS = ["netsh", "int", "ipv4", "show", "dynamicport", "tcp"]
+EXCLUDED_PORTS = ["netsh", "int", "ipv4", "show", "excludedportrange", "protocol=tcp"]
+
+
+def read_settings(dynamic_text: str, excluded_text: str) -> tuple[PortRange, PortSet]:
+    return parse_netsh_dynamic_port_range(dynamic_text), parse_netsh_excluded_port_ranges(
+        excluded_text
+    )
+
+
+def ephemeral_ports(netns: Netns | None = None) -> EphemeralPorts:
+    return settings_or_default(
+        "windows",
+        "netsh int ipv4 show dynamicport tcp",
+        lambda: read_settings(run_text(DYNAMIC_PORTS), run_text(EXCLUDED_PORTS)),
+    )

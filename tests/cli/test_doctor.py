@@ -1,0 +1,92 @@
+"""`narcissus doctor`, run as a user runs it, inside namespaces whose settings the test owns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support import PrivateNetns, assert_one_line_error, plant, run_cli
+
+
+def doctor_json(netns: PrivateNetns, *args: str) -> tuple[int, dict[str, object]]:
+    done = run_cli("doctor", "--json", *args, netns=netns)
+    assert done.stderr == "", done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_clean_namespace_is_healthy(netns: PrivateNetns) -> None:
+    netns.set_port_range(40000, 40999)
+    status, report = doctor_json(netns)
+    assert status == 0
+    assert report["ephemeral_range"] == [40000, 40999]
+    assert report["reserved_ports"] == []
+    assert report["at_risk"] == [] and report["self_connected"] == []
+    assert report["fix"] is None
+
+
+def test_flags_a_listener_inside_the_range_not_one_outside(netns: PrivateNetns) -> None:
+    netns.set_port_range(40000, 40999)
+    with plant("listen4:40100", "listen6:40200", "listen4:8080", netns=netns) as planted:
+        status, report = doctor_json(netns)
+    assert status == 1
+    at_risk = {item["port"]: item for item in report["at_risk"]}  # type: ignore[union-attr]
+    assert set(at_risk) == {40100, 40200}
+    item = at_risk[40100]
+    assert item["pid"] == planted.pid and item["address"] == "127.0.0.1"
+    assert item["process"].startswith("python")
+    assert "inside the ephemeral range 40000-40999" in item["reason"]
+    assert at_risk[40200]["address"] == "::1"
+    fix = report["fix"]
+    assert fix["commands"] == ["sysctl -w net.ipv4.ip_local_reserved_ports=40100,40200"]
+    assert fix["persist_line"] == "net.ipv4.ip_local_reserved_ports = 40100,40200"
+    assert fix["persist_file"].startswith("/etc/sysctl.d/")
+
+
+def test_reserved_ports_are_not_at_risk_and_the_fix_merges_them(netns: PrivateNetns) -> None:
+    netns.set_port_range(40000, 40999)
+    netns.reserve("40100")
+    with plant("listen4:40100", "listen4:40300", netns=netns):
+        status, report = doctor_json(netns)
+    assert status == 1
+    assert report["reserved_ports"] == [40100]
+    assert [item["port"] for item in report["at_risk"]] == [40300]  # type: ignore[union-attr]
+    assert report["fix"]["commands"] == ["sysctl -w net.ipv4.ip_local_reserved_ports=40100,40300"]
+
+
+def test_planned_ports_and_self_connects_are_reported(netns: PrivateNetns) -> None:
+    netns.set_port_range(32768, 60999)
+    with plant("self4", netns=netns) as planted:
+        status, report = doctor_json(netns, "--port", "50000", "--port", "8080")
+    assert status == 1
+    assert [(i["port"], i["kind"]) for i in report["at_risk"]] == [(50000, "planned")]  # type: ignore[union-attr]
+    assert [p["status"] for p in report["planned"]] == ["inside", "outside"]  # type: ignore[union-attr]
+    [sock] = report["self_connected"]  # type: ignore[misc]
+    assert sock["port"] == planted.ports("self4")[0] and sock["pids"] == [planted.pid]
+
+
+def test_text_output_gives_the_exact_fix(netns: PrivateNetns) -> None:
+    netns.set_port_range(40000, 40999)
+    with plant("listen4:40100", netns=netns):
+        done = run_cli("doctor", netns=netns)
+    assert done.returncode == 1
+    out = done.stdout
+    assert "40000-40999" in out and "40100" in out
+    assert "sysctl -w net.ipv4.ip_local_reserved_ports=40100" in out
+    assert "net.ipv4.ip_local_reserved_ports = 40100" in out
+    assert "/etc/sysctl.d/" in out and "below 40000" in out
+    assert "AT RISK" in out
+
+
+def test_odd_ports_are_flagged_as_low_likelihood(netns: PrivateNetns) -> None:
+    netns.set_port_range(32768, 60999)
+    _status, report = doctor_json(netns, "--port", "50001", "--port", "50002")
+    likelihood = {i["port"]: i["likelihood"] for i in report["at_risk"]}  # type: ignore[union-attr]
+    assert likelihood == {50001: "low", 50002: "high"}
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"), [("0", "got 0"), ("70000", "got 70000"), ("abc", "got 'abc'")]
+)
+def test_bad_ports_get_one_line_and_exit_2(value: str, fragment: str) -> None:
+    assert_one_line_error(run_cli("doctor", "--port", value), "--port", fragment)

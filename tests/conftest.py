@@ -1,0 +1,56 @@
+"""Fixtures, and the rule that makes CI fail on any skipped test.
+
+Tests that need root (namespaces, SOCK_DESTROY, ftrace) or a real server skip with a reason on a
+laptop; CI runs with --fail-on-skip (or NARCISSUS_FAIL_ON_SKIP=1), which turns a skip into a
+failed run, because there everything the tests need is available.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import PrivateNetns, private_netns
+
+# ---------------------------------------------------------------- skips fail CI
+
+_skipped: list[str] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fail-on-skip",
+        action="store_true",
+        default=os.environ.get("NARCISSUS_FAIL_ON_SKIP") == "1",
+        help="fail the run if any test was skipped (CI: everything tests need is there)",
+    )
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.config.getoption("--fail-on-skip") and _skipped:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if terminalreporter.config.getoption("--fail-on-skip") and _skipped:
+        terminalreporter.write_line(
+            f"FAILED: {len(_skipped)} test(s) skipped under --fail-on-skip: " + ", ".join(_skipped),
+            red=True,
+        )
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def netns() -> Iterator[PrivateNetns]:
+    """A private network namespace (loopback up) that only this test uses."""
+    with private_netns() as namespace:
+        yield namespace

@@ -1,0 +1,94 @@
+"""Plant sockets for a test in this (child) process and hold them until stdin closes.
+
+Usage: planter.py SPEC... ; prints one JSON line {"pid", "sockets": [...]} once they exist.
+SPECs: self4 self6 selfmapped (bind-then-connect self-connects), remnant4 (a self-connect closed
+normally: TIME_WAIT), listen4:PORT listen6:PORT, pair4 (an ordinary loopback connection),
+crossaddr (127.0.0.1:P connected to 127.0.0.2:P: same port, different address).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+held: list[socket.socket] = []
+planted: list[dict[str, object]] = []
+
+SELF = {
+    "self4": (socket.AF_INET, "127.0.0.1", "ipv4"),
+    "self6": (socket.AF_INET6, "::1", "ipv6"),
+    "selfmapped": (socket.AF_INET6, "::ffff:127.0.0.1", "ipv6"),
+}
+
+
+def self_connect(family: int, address: str) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((address, 0))
+    sock.connect((address, sock.getsockname()[1]))
+    assert sock.getsockname()[:2] == sock.getpeername()[:2]
+    return sock
+
+
+for spec in sys.argv[1:]:
+    kind, _, arg = spec.partition(":")
+    if kind in SELF:
+        family, address, name = SELF[kind]
+        sock = self_connect(family, address)
+        held.append(sock)
+        planted.append(
+            {"kind": kind, "family": name, "address": address, "port": sock.getsockname()[1]}
+        )
+    elif kind == "remnant4":
+        sock = self_connect(socket.AF_INET, "127.0.0.1")
+        port = sock.getsockname()[1]
+        sock.close()
+        planted.append({"kind": kind, "family": "ipv4", "address": "127.0.0.1", "port": port})
+    elif kind in ("listen4", "listen6"):
+        family = socket.AF_INET if kind == "listen4" else socket.AF_INET6
+        address = "127.0.0.1" if kind == "listen4" else "::1"
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.bind((address, int(arg or 0)))
+        sock.listen()
+        held.append(sock)
+        planted.append(
+            {"kind": kind, "family": kind[-1], "address": address, "port": sock.getsockname()[1]}
+        )
+    elif kind == "pair4":
+        server = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        held += [server, client, accepted]
+        planted.append(
+            {
+                "kind": kind,
+                "family": "ipv4",
+                "address": "127.0.0.1",
+                "port": server.getsockname()[1],
+            }
+        )
+        planted.append(
+            {
+                "kind": kind,
+                "family": "ipv4",
+                "address": "127.0.0.1",
+                "port": client.getsockname()[1],
+            }
+        )
+    elif kind == "crossaddr":
+        server = socket.create_server(("127.0.0.2", 0))
+        port = server.getsockname()[1]
+        client = socket.socket()
+        client.bind(("127.0.0.1", port))
+        client.connect(("127.0.0.2", port))
+        accepted, _ = server.accept()
+        held += [server, client, accepted]
+        planted.append({"kind": kind, "family": "ipv4", "address": "127.0.0.1", "port": port})
+    else:
+        sys.exit(f"planter: unknown spec {spec!r}")
+
+print(json.dumps({"pid": os.getpid(), "sockets": planted}), flush=True)
+sys.stdin.read()

@@ -1,0 +1,143 @@
+"""Helpers the tests share: private network namespaces, socket planters in child processes,
+and running the command line the way a user does."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+PLANTER = TESTS / "planter.py"
+IS_ROOT = os.geteuid() == 0
+HAS_IP = shutil.which("ip") is not None
+
+needs_root = pytest.mark.skipif(
+    not (IS_ROOT and HAS_IP),
+    reason="needs root and iproute2 (private network namespaces, SOCK_DESTROY)",
+)
+
+# ---------------------------------------------------------------- namespaces
+
+_counter = itertools.count()
+
+
+class PrivateNetns:
+    """A network namespace this test run created (`ip netns add`), with loopback up."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.path = f"/run/netns/{name}"
+
+    def sysctl(self, key: str, value: str) -> None:
+        subprocess.run(
+            ["ip", "netns", "exec", self.name, "sysctl", "-q", "-w", f"{key}={value}"],
+            check=True,
+        )
+
+    def set_port_range(self, low: int, high: int) -> None:
+        self.sysctl("net.ipv4.ip_local_port_range", f"{low} {high}")
+
+    def reserve(self, ports: str) -> None:
+        self.sysctl("net.ipv4.ip_local_reserved_ports", ports)
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    @contextmanager
+    def entered(self) -> Iterator[None]:
+        from narcissus.system.linux import netns
+
+        with netns.entered(netns.resolve(self.name)):
+            yield
+
+
+@contextmanager
+def private_netns() -> Iterator[PrivateNetns]:
+    """Create a namespace for one test and delete it afterwards."""
+    if not (IS_ROOT and HAS_IP):
+        pytest.skip("needs root and iproute2 to create a private network namespace")
+    name = f"narcissus-test-{os.getpid()}-{next(_counter)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield PrivateNetns(name)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+# ---------------------------------------------------------------- planted sockets
+
+
+class Planted:
+    """A child process holding the sockets a test asked for, until the test ends."""
+
+    def __init__(self, process: subprocess.Popen[str], info: dict[str, object]) -> None:
+        self.process = process
+        self.pid = int(info["pid"])  # type: ignore[call-overload]
+        self.sockets: list[dict[str, object]] = info["sockets"]  # type: ignore[assignment]
+
+    def ports(self, kind: str) -> list[int]:
+        return [int(s["port"]) for s in self.sockets if s["kind"] == kind]  # type: ignore[call-overload]
+
+
+@contextmanager
+def plant(*specs: str, netns: PrivateNetns | None = None) -> Iterator[Planted]:
+    argv = [sys.executable, str(PLANTER), *specs]
+    if netns is not None:
+        argv = netns.wrap(argv)
+    process = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, close_fds=True
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line, f"planter {specs} died before it was ready"
+        yield Planted(process, json.loads(line))
+    finally:
+        if process.stdin:
+            process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def run_cli(
+    *args: str, netns: PrivateNetns | None = None, user: int | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "narcissus", *args]
+    if netns is not None:
+        argv = netns.wrap(argv)
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        user=user,
+    )
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Bad input: exit 2, one line on stderr naming the problem, no traceback, nothing on stdout."""
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "error:" in lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert done.stdout == ""
