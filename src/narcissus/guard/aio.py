@@ -45,11 +45,13 @@ def _guarded_sock_connect(original: SockConnect) -> SockConnect:
         while True:
             try:
                 await original(self, sock, address)
-            except SelfConnectError:
+            except SelfConnectError as refused:
                 # It connected at once and socket.connect() refused it already (aborted, told
                 # the listeners); retry on the same socket if the policy allows.
                 if attempt > check.retries or sock.fileno() == -1:
-                    raise
+                    if refused.attempts == attempt:
+                        raise
+                    raise SelfConnectError(address, port=refused.port, attempts=attempt) from None
             else:
                 if not (
                     type(address) is tuple
