@@ -15,7 +15,8 @@ from narcissus.errors import InputError, NarcissusError, SelfConnectError, Unsup
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from narcissus.guard import guarded, install, is_self_connected, uninstall
+    from narcissus.guard import guarded, install, uninstall
+    from narcissus.guard.check import is_self_connected
     from narcissus.host import classify_port, ephemeral_ports, ephemeral_range, reserved_ports
     from narcissus.scan import scan_namespaces as scan
 
@@ -29,7 +30,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "install": ("narcissus.guard", "install"),
     "uninstall": ("narcissus.guard", "uninstall"),
     "guarded": ("narcissus.guard", "guarded"),
-    "is_self_connected": ("narcissus.guard", "is_self_connected"),
+    "is_self_connected": ("narcissus.guard.check", "is_self_connected"),
 }
 
 __all__ = [

@@ -9,9 +9,8 @@ import os
 import shutil
 import sys
 
-from narcissus.core.selfconnect import SelfConnectEvent
+from narcissus.core.selfconnect import MAX_RETRIES, SelfConnectEvent
 from narcissus.errors import InputError
-from narcissus.guard.check import MAX_RETRIES
 
 SUMMARY = "run a command with the self-connect guard in every Python process it starts"
 DESCRIPTION = """\

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from narcissus.core.values import Value
 
+# The most connects the guard's retry policy may add after a self-connect: bounded, because
+# in a one-port range every attempt self-connects again.
+MAX_RETRIES = 100
+
 
 def endpoint_text(host: object, port: object) -> str:
     """`127.0.0.1:6379`, `[::1]:6379`: an address as people write it."""

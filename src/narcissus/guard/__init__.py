@@ -16,21 +16,21 @@ self-connect is aborted (RST, no TIME_WAIT left holding the port) and reported a
 `retries=N` (Go's approach) connects again on the same socket up to N times after a
 self-connect; it still never returns a self-connected socket.
 
-Standard library only, and cheap: `narcissus run` loads this in every Python process it starts.
+Standard library only, and cheap: `narcissus run` loads this package in every Python process it
+starts, so it imports socket and the patches only when the guard is installed.
 """
 
 from __future__ import annotations
 
-import threading
+from _thread import RLock
 
-from narcissus.guard import aio, check, sockets
-from narcissus.guard.check import MAX_RETRIES, is_self_connected
+from narcissus.core.selfconnect import MAX_RETRIES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from narcissus.guard.check import Listener
+    from narcissus.guard.check import Listener, is_self_connected
     from narcissus.guard.patching import Patch
 
 __all__ = [
@@ -43,7 +43,7 @@ __all__ = [
     "uninstall",
 ]
 
-_lock = threading.RLock()
+_lock = RLock()  # not threading's: importing threading costs more than the whole guard
 _socket_patches: list[Patch] = []
 
 
@@ -51,6 +51,8 @@ def install(*, retries: int = 0) -> None:
     """Guard every connect in this process. Installing again only changes `retries`."""
     if type(retries) is not int or not 0 <= retries <= MAX_RETRIES:
         raise ValueError(f"retries must be a whole number from 0 to {MAX_RETRIES}, not {retries!r}")
+    from narcissus.guard import aio, check, sockets
+
     with _lock:
         check.retries = retries
         if _socket_patches:
@@ -64,6 +66,8 @@ def install(*, retries: int = 0) -> None:
 def uninstall() -> None:
     """Remove the guard: the patched methods are the originals again (a no-op if not
     installed)."""
+    from narcissus.guard import aio, check
+
     with _lock:
         aio.unpatch()
         for patch in reversed(_socket_patches):
@@ -86,6 +90,8 @@ class guarded:
         self._before: int | None = None
 
     def __enter__(self) -> guarded:
+        from narcissus.guard import check
+
         with _lock:
             self._before = check.retries if installed() else None
             install(retries=self.retries)
@@ -97,6 +103,8 @@ class guarded:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
+        from narcissus.guard import check
+
         with _lock:
             if self._before is None:
                 uninstall()
@@ -107,11 +115,23 @@ class guarded:
 def add_listener(listener: Listener) -> None:
     """Call `listener(SelfConnectEvent)` for every self-connect the guard aborts (in the thread
     that connected; keep it quick and let it not raise)."""
+    from narcissus.guard import check
+
     with _lock:
         check.listeners.append(listener)
 
 
 def remove_listener(listener: Listener) -> None:
+    from narcissus.guard import check
+
     with _lock:
         if listener in check.listeners:
             check.listeners.remove(listener)
+
+
+def __getattr__(name: str) -> object:
+    if name == "is_self_connected":  # loaded on first use: it imports socket
+        from narcissus.guard.check import is_self_connected
+
+        return is_self_connected
+    raise AttributeError(f"module 'narcissus.guard' has no attribute {name!r}")

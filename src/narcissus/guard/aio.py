@@ -7,7 +7,7 @@ which `loop.create_connection`, `asyncio.open_connection` and `create_datagram_e
 await; it runs once the connect has completed. uvloop connects in C and is not covered.
 
 Importing asyncio costs ~10 ms, so installing the guard does not import it: when asyncio is not
-loaded yet, a finder on `sys.meta_path` patches the loop classes the moment their module loads.
+loaded yet, an import hook patches the loop classes the moment their module loads.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import sys
 from narcissus.errors import SelfConnectError
 from narcissus.guard import check
 from narcissus.guard.check import is_self_connected, refuse
-from narcissus.guard.patching import Patch
+from narcissus.guard.patching import ImportHook, Patch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
-    from collections.abc import Callable, Coroutine, Sequence
-    from importlib.machinery import ModuleSpec
+    from collections.abc import Callable, Coroutine
     from types import ModuleType
     from typing import Any
 
@@ -36,7 +35,7 @@ LOOP_CLASSES = {
 }
 
 _patches: dict[str, Patch] = {}  # module name -> its applied patch
-_finders: list[_PatchOnImport] = []  # the one finder waiting on sys.meta_path, if any
+_hooks: list[ImportHook] = []  # the hook waiting for the modules not imported yet, if any
 
 
 def _guarded_sock_connect(original: SockConnect) -> SockConnect:
@@ -76,16 +75,15 @@ def patch() -> None:
             pending.append(module_name)
         else:
             _patch_module(module)
-    if pending and not _finders:
-        _finders.append(_PatchOnImport(pending))
-        sys.meta_path.insert(0, _finders[0])
+    if pending and not _hooks:
+        _hooks.append(ImportHook(pending, _patch_module))
+        _hooks[0].add()
 
 
 def unpatch() -> None:
-    for finder in _finders:
-        if finder in sys.meta_path:
-            sys.meta_path.remove(finder)
-    _finders.clear()
+    for hook in _hooks:
+        hook.remove()
+    _hooks.clear()
     for patch_ in _patches.values():
         patch_.revert()
     _patches.clear()
@@ -100,46 +98,3 @@ def _patch_module(module: ModuleType) -> None:
     patch_ = Patch(loop_class, "sock_connect", _guarded_sock_connect)
     patch_.apply()
     _patches[module.__name__] = patch_
-
-
-class _PatchOnImport:
-    """A meta path finder that lets the normal finders find the asyncio modules and patches
-    them right after they execute; it finds nothing itself."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self.names = frozenset(names)
-
-    def find_spec(
-        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> ModuleSpec | None:
-        if name not in self.names:
-            return None
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            if finder is self or find is None:
-                continue
-            spec: ModuleSpec | None = find(name, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _PatchingLoader(spec.loader)  # type: ignore[assignment]
-                return spec
-        return None
-
-
-class _PatchingLoader:
-    """Delegates to the real loader; patches the module once it has executed."""
-
-    def __init__(self, loader: Any) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
-        module: ModuleType | None = self._loader.create_module(spec)
-        return module
-
-    def exec_module(self, module: ModuleType) -> None:
-        self._loader.exec_module(module)
-        if _finders:  # the guard is still installed
-            _patch_module(module)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)

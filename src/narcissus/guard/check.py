@@ -23,7 +23,7 @@ import socket
 import struct
 import sys
 
-from narcissus.core.selfconnect import SelfConnectEvent, same_endpoint
+from narcissus.core.selfconnect import MAX_RETRIES, SelfConnectEvent, same_endpoint
 from narcissus.errors import SelfConnectError
 
 TYPE_CHECKING = False
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     Listener = Callable[[SelfConnectEvent], None]
 
-MAX_RETRIES = 100
+__all__ = ["MAX_RETRIES", "abort", "is_self_connected", "refuse"]
 
 # The policy, set by narcissus.guard.install(): how many more connects a blocking connect (or
 # an asyncio connect) may make after a self-connect, and who wants to hear of each one.

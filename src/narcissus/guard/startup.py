@@ -18,8 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-from narcissus.guard import add_listener, install
-from narcissus.guard.check import MAX_RETRIES
+from narcissus.core.selfconnect import MAX_RETRIES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,6 +38,8 @@ _activated: list[bool] = []  # [True] once activate() has installed the guard
 def activate(environ: Mapping[str, str] | None = None) -> bool:
     """Install the guard if the environment asks for it; True if it did. Never raises for a bad
     setting: a warning on stderr, and the default is used."""
+    from narcissus.guard import add_listener, install
+
     env = os.environ if environ is None else environ
     if env.get(ENV_GUARD, "") in ("", "0") or _activated:
         return bool(_activated)
