@@ -4,6 +4,7 @@
 
 Port knowledge:  ephemeral_ports(), ephemeral_range(), reserved_ports(), classify_port(port)
 Diagnosis:       scan(netns=None, every=False, kill=False) -> list[ScanReport]
+Prevention:      install(retries=0), uninstall(), guarded(retries=0), is_self_connected(sock)
 Errors:          SelfConnectError (a ConnectionRefusedError), InputError, UnsupportedError
 """
 
@@ -14,6 +15,8 @@ from narcissus.errors import InputError, NarcissusError, SelfConnectError, Unsup
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from narcissus.guard import guarded, install, uninstall
+    from narcissus.guard.check import is_self_connected
     from narcissus.host import classify_port, ephemeral_ports, ephemeral_range, reserved_ports
     from narcissus.scan import scan_namespaces as scan
 
@@ -24,6 +27,10 @@ _LAZY: dict[str, tuple[str, str]] = {
     "reserved_ports": ("narcissus.host", "reserved_ports"),
     "classify_port": ("narcissus.host", "classify_port"),
     "scan": ("narcissus.scan", "scan_namespaces"),
+    "install": ("narcissus.guard", "install"),
+    "uninstall": ("narcissus.guard", "uninstall"),
+    "guarded": ("narcissus.guard", "guarded"),
+    "is_self_connected": ("narcissus.guard.check", "is_self_connected"),
 }
 
 __all__ = [
@@ -35,8 +42,12 @@ __all__ = [
     "classify_port",
     "ephemeral_ports",
     "ephemeral_range",
+    "guarded",
+    "install",
+    "is_self_connected",
     "reserved_ports",
     "scan",
+    "uninstall",
 ]
 
 

@@ -29,17 +29,43 @@ class SelfConnectError(ConnectionRefusedError):
     """The OS connected a client socket to itself; nobody is listening at `address`.
 
     A subclass of ConnectionRefusedError with errno ECONNREFUSED, so every existing retry loop
-    treats it as what it is: the server is not there.
+    treats it as what it is: the server is not there. `port` is the port the client was handed
+    (the target's), `attempts` how many connects in a row ended connected to themselves.
     """
 
-    def __init__(self, address: object, *, port: int | None = None) -> None:
+    def __init__(self, address: object, *, port: int | None = None, attempts: int = 1) -> None:
+        if port is None and isinstance(address, tuple) and len(address) >= 2:
+            port = address[1] if isinstance(address[1], int) else None
         self.address = address
-        port_text = f" {port}" if port is not None else ""
+        self.port = port
+        self.attempts = attempts
+        target = _endpoint_text(address)
+        same = f"the same port {port}" if port is not None else "the same port"
+        tries = f" ({attempts} attempts in a row)" if attempts > 1 else ""
+        named = str(port) if port is not None else "PORT"
         message = (
-            f"self-connect to {address!r}: nothing listens there and the OS gave this client the "
-            f"same port{port_text} as its source, so TCP simultaneous open connected the socket "
-            "to itself (it would read back its own bytes). Treated as 'connection refused'. "
-            "Fix it for good: reserve the port (sysctl net.ipv4.ip_local_reserved_ports) or move "
-            "the server below the ephemeral port range; see `narcissus doctor --port PORT`."
+            f"self-connect to {target}{tries}: nothing listens there and the OS gave this client "
+            f"{same} as its source, so TCP simultaneous open connected the socket to itself (it "
+            "would have read back its own bytes); narcissus aborted it and reports it as "
+            f"'connection refused'. Fix it for good: add {named} to "
+            "net.ipv4.ip_local_reserved_ports or move the server below the ephemeral port range "
+            f"(`narcissus doctor --port {named}` prints the exact commands)."
         )
         super().__init__(errno.ECONNREFUSED, message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_self_connect_error, (self.address, self.port, self.attempts))
+
+
+def _rebuild_self_connect_error(address: object, port: int | None, attempts: int) -> Exception:
+    """Unpickling support: OSError pickles its constructor arguments, which differ here."""
+    return SelfConnectError(address, port=port, attempts=attempts)
+
+
+def _endpoint_text(address: object) -> str:
+    """`127.0.0.1:6379`, `[::1]:6379` for an (host, port, ...) address; else its repr."""
+    if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[0], str):
+        from narcissus.core.selfconnect import endpoint_text
+
+        return endpoint_text(address[0], address[1])
+    return repr(address)

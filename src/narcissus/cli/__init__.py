@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "narcissus.cli.scan",
         "list TCP sockets connected to themselves (and their TIME_WAIT remnants)",
     ),
+    "run": (
+        "narcissus.cli.run",
+        "run a command with the self-connect guard in every Python process it starts",
+    ),
 }
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

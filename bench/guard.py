@@ -1,0 +1,158 @@
+"""What does the self-connect guard cost per connect, and what does `import narcissus` cost?
+
+Connects to a listening loopback server in another process (inside a private network
+namespace), interleaved in one run in ABBA order (blocks A B C C B A, repeated):
+
+  bare      sock.connect(address)
+  anchor    sock.connect(address); sock.getsockname()   (the least any check after connect does)
+  guard     sock.connect(address) with narcissus.install()
+
+Only the connect (plus getsockname for the anchor) is timed; creating and closing sockets is
+not. Clients close abortively (SO_LINGER 0) so no TIME_WAIT piles up between blocks. The ratios
+are medians over the ABBA rounds of the ratio within one round, since the shared host's speed
+drifts more between rounds than the guard costs.
+
+Goals: guard <= 1.03x anchor (nothing beyond the one unavoidable getsockname()); the ratio to
+the bare connect is printed too. `import narcissus` with -X importtime: median < 5 ms.
+Usage: python bench/guard.py [--connects N] [--block B] [--imports K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import children, clean_env, in_private_netns, verdict
+
+SERVER = """
+import socket, sys
+server = socket.create_server(("127.0.0.1", 0), backlog=4096)
+print(server.getsockname()[1], flush=True)
+while True:
+    connection, _ = server.accept()
+    connection.close()
+"""
+ABORT = struct.pack("ii", 1, 0)
+VARIANTS = ("bare", "anchor", "guard")
+
+
+def connect_block(address: tuple[str, int], count: int, variant: str) -> float:
+    """Nanoseconds spent in `count` connects of one variant."""
+    import narcissus
+
+    clock = time.perf_counter_ns
+    spent = 0
+    if variant == "guard":
+        narcissus.install()
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            if variant == "anchor":
+                start = clock()
+                sock.connect(address)
+                sock.getsockname()
+                spent += clock() - start
+            else:
+                start = clock()
+                sock.connect(address)
+                spent += clock() - start
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT)
+            sock.close()
+    finally:
+        narcissus.uninstall()
+    return spent
+
+
+def import_ms(env: dict[str, str], code: str, module: str) -> float:
+    """Cumulative import time of `module` reported by -X importtime, in ms."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    for line in done.stderr.splitlines():
+        fields = [field.strip() for field in line.split("|")]
+        if len(fields) == 3 and fields[2] == module:
+            return int(fields[1]) / 1000
+    raise RuntimeError(f"{module} not in -X importtime output:\n{done.stderr}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connects", type=int, default=20_000, help="per variant")
+    parser.add_argument("--block", type=int, default=250)
+    parser.add_argument("--imports", type=int, default=21)
+    options = parser.parse_args()
+    in_private_netns(__file__, sys.argv[1:])
+
+    with children() as started:
+        server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+        started.append(server)
+        assert server.stdout is not None
+        address = ("127.0.0.1", int(server.stdout.readline()))
+        connect_block(address, options.block, "bare")  # warm up
+        blocks: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        rounds: list[dict[str, float]] = []  # one ABBA round: each variant's two blocks summed
+        done = 0
+        while done < options.connects:
+            count = min(options.block, options.connects - done)
+            this_round = dict.fromkeys(VARIANTS, 0.0)
+            for variant in (*VARIANTS, *reversed(VARIANTS)):
+                per_connect = connect_block(address, count, variant) / count
+                blocks[variant].append(per_connect)
+                this_round[variant] += per_connect
+            rounds.append(this_round)
+            done += 2 * count
+        total = {name: sum(values) / len(values) for name, values in blocks.items()}
+        median = {name: statistics.median(values) for name, values in blocks.items()}
+
+    env = clean_env()
+    env.pop("NARCISSUS_GUARD", None)
+    import_ms(env, "import narcissus", "narcissus")  # warm the bytecode cache
+    imports = [import_ms(env, "import narcissus", "narcissus") for _ in range(options.imports)]
+    guard_env = dict(env, NARCISSUS_GUARD="1")
+    startup = [
+        import_ms(guard_env, "pass", "narcissus.guard.startup") for _ in range(options.imports)
+    ]
+
+    count = len(blocks["guard"]) * options.block
+    print(f"\n{count:,} connects per variant in {len(blocks['guard'])} blocks (ABBA order):")
+    for name in VARIANTS:
+        print(
+            f"  {name:7s} median {median[name] / 1000:7.2f} us/connect   "
+            f"mean {total[name] / 1000:7.2f} us   {median[name] / median['anchor']:.3f}x anchor"
+        )
+    # The host's speed drifts (shared cores); blocks next to each other in time are compared.
+    guard_vs_anchor = statistics.median(r["guard"] / r["anchor"] for r in rounds)
+    guard_vs_bare = statistics.median(r["guard"] / r["bare"] for r in rounds)
+    anchor_vs_bare = statistics.median(r["anchor"] / r["bare"] for r in rounds)
+    import_median = statistics.median(imports)
+    print(f"\nmedian over {len(rounds)} ABBA rounds of the ratio within each round:")
+    print(
+        f"  guard / anchor     {guard_vs_anchor:.3f}  goal <= 1.030  "
+        f"{verdict(guard_vs_anchor <= 1.03)}"
+    )
+    print(f"  guard / bare       {guard_vs_bare:.3f}  (anchor / bare {anchor_vs_bare:.3f})")
+    print(
+        f"  import narcissus   {import_median:.2f} ms median of {len(imports)} (-X importtime)  "
+        f"goal < 5 ms  {verdict(import_median < 5)}"
+    )
+    print(
+        f"  NARCISSUS_GUARD=1 start-up: narcissus.guard.startup {statistics.median(startup):.2f}"
+        " ms (imports socket and the guard; nothing when unset)"
+    )
+    return 0 if guard_vs_anchor <= 1.03 and import_median < 5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
