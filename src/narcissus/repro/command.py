@@ -35,6 +35,14 @@ def _target_sockets(target: Target) -> dict[int, TcpSocket]:
     return {sock.cookie: sock for sock in report.sockets if sock.local_port == target.port}
 
 
+def _remember(seen: dict[int, TcpSocket], before: set[int], now: dict[int, TcpSocket]) -> None:
+    """Keep each new self-connect once, preferring the sighting that names its owner (a
+    short-lived CMD may exit between the dump and the owner lookup)."""
+    for cookie, sock in now.items():
+        if cookie not in before and (cookie not in seen or (sock.owners and not seen[cookie].owners)):
+            seen[cookie] = sock
+
+
 def run_command(
     command: tuple[str, ...], target: Target, timeout: float, *, capture: bool
 ) -> CommandOutcome:
@@ -58,9 +66,7 @@ def run_command(
     output: bytes = b""
     try:
         while True:
-            for cookie, sock in _target_sockets(target).items():
-                if cookie not in before:
-                    seen.setdefault(cookie, sock)
+            _remember(seen, before, _target_sockets(target))
             if process.poll() is not None:
                 break
             if time.monotonic() - start > timeout:
@@ -77,9 +83,7 @@ def run_command(
             process.kill()
             process.wait()
         raise
-    for cookie, sock in _target_sockets(target).items():
-        if cookie not in before:
-            seen.setdefault(cookie, sock)
+    _remember(seen, before, _target_sockets(target))
     return CommandOutcome(
         status=process.returncode,
         self_connected=bool(seen),

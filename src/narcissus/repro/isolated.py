@@ -43,7 +43,7 @@ def run_inside(
             outcome.self_connected,
             1,
             time.monotonic() - start,
-            evidence=outcome.evidence,
+            evidence=tuple(sock.replace(netns="isolated") for sock in outcome.evidence),
             command_status=outcome.status,
             command_output=outcome.output,
             stopped_because="CMD timed out" if outcome.timed_out else "CMD exited",
