@@ -33,7 +33,8 @@ def connect(name: str, port: int, deadline: float) -> redis.Redis:
         except redis.ConnectionError as exc:
             client.close()
             if time.monotonic() > deadline:
-                raise SystemExit(f"{name}: Redis never came up ({attempts} attempts): {exc}") from exc
+                why = f"{name}: Redis never came up ({attempts} attempts): {exc}"
+                raise SystemExit(why) from exc
             time.sleep(RETRY_SECONDS)
             continue
         print(f"{name}: connected after {attempts} attempt(s)", flush=True)

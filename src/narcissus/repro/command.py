@@ -39,7 +39,9 @@ def _remember(seen: dict[int, TcpSocket], before: set[int], now: dict[int, TcpSo
     """Keep each new self-connect once, preferring the sighting that names its owner (a
     short-lived CMD may exit between the dump and the owner lookup)."""
     for cookie, sock in now.items():
-        if cookie not in before and (cookie not in seen or (sock.owners and not seen[cookie].owners)):
+        if cookie in before:
+            continue
+        if cookie not in seen or (sock.owners and not seen[cookie].owners):
             seen[cookie] = sock
 
 
