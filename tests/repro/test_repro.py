@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -139,6 +140,29 @@ def test_isolate_makes_the_real_redis_cli_talk_to_itself_on_any_host() -> None:
     assert str(report["command_output"]).split() == ["CLIENT", "SETNAME", "tool-1"]
     assert report["evidence"] and report["evidence"][0]["port"] == 6380  # type: ignore[index]
     assert any("only its own loopback" in note for note in report["notes"])  # type: ignore[union-attr]
+
+
+def test_the_original_reports_tool_crashes_as_its_users_saw() -> None:
+    """examples/redis_ipc/tool.py reads back its own handshake: redis-py's AttributeError."""
+    if os.geteuid() != 0:
+        pytest.skip("isolate as non-root needs unprivileged user namespaces")
+    tool = Path(__file__).parents[2] / "examples" / "redis_ipc" / "tool.py"
+    status, report = repro_json(
+        "6381",
+        "--mode",
+        "isolate",
+        "--",
+        sys.executable,
+        str(tool),
+        "tool-1",
+        "--port",
+        "6381",
+        "--seconds",
+        "2",
+    )
+    assert status == 0 and report["self_connected"] is True
+    assert report["command_status"] == 1
+    assert "AttributeError" in str(report["command_output"])
 
 
 @needs_root
