@@ -1,7 +1,10 @@
 """The `narcissus` command line: parse arguments, call the library, render the result.
 
 Each command is a module with `SUMMARY`, `DESCRIPTION`, `configure(parser)` and `run(options)`;
-only the module of the command being run is imported, and rich only when text is rendered.
+only the module of the command being run is imported, and rich only when text is rendered. A
+command that runs another program sets `TAKES_COMMAND = True` and finds what follows `--` in
+`options.trailing_command` (split off before argparse, whose handling of `--` after a
+subcommand is unreliable before Python 3.12).
 argparse rather than click: `import click` alone costs ~60 ms on the project's CI machine, more
 than the whole margin `narcissus scan --json` has over `ss -tanH` (see bench/scan.py).
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from narcissus._version import __version__
@@ -32,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scan": (
         "narcissus.cli.scan",
         "list TCP sockets connected to themselves (and their TIME_WAIT remnants)",
+    ),
+    "repro": (
+        "narcissus.cli.repro",
+        "make a self-connect happen on demand, in narcissus's client or in your own (CMD)",
     ),
     "run": (
         "narcissus.cli.run",
@@ -79,7 +87,7 @@ def build_parser(args: list[str]) -> ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-V", "--version", action="version", version=f"narcissus {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", title="commands")
     chosen = _command_name(args)
     for name, (module_name, summary) in COMMANDS.items():
         if name != chosen:
@@ -93,7 +101,7 @@ def build_parser(args: list[str]) -> ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.configure(sub)
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(run=module.run, takes_command=getattr(module, "TAKES_COMMAND", False))
     return parser
 
 
@@ -102,13 +110,26 @@ def _fail(prefix: str, message: str, status: int) -> int:
     return status
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every `finally` releases what a command holds."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and of `python -m narcissus`."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = sys.argv[1:] if argv is None else list(argv)
+    trailing: list[str] = []
+    if "--" in args:
+        cut = args.index("--")
+        args, trailing = args[:cut], args[cut + 1 :]
     parser = build_parser(args)
     options = parser.parse_args(args)
-    prefix = f"narcissus {options.command}" if options.command else "narcissus"
-    if options.command is None:
+    prefix = f"narcissus {options.subcommand}" if options.subcommand else "narcissus"
+    if trailing and not getattr(options, "takes_command", False):
+        return _fail(prefix, f"unexpected arguments after --: {' '.join(trailing)}", EXIT_USAGE)
+    options.trailing_command = trailing
+    if options.subcommand is None:
         return _fail(
             prefix,
             f"a command is required: {', '.join(COMMANDS)} (see 'narcissus --help')",

@@ -12,6 +12,7 @@ import sys
 from narcissus.core.selfconnect import MAX_RETRIES, SelfConnectEvent
 from narcissus.errors import InputError
 
+TAKES_COMMAND = True
 SUMMARY = "run a command with the self-connect guard in every Python process it starts"
 DESCRIPTION = """\
 Run CMD with the self-connect guard active in every Python process it starts, children
@@ -70,9 +71,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(options: argparse.Namespace) -> int:
     from narcissus.guard.startup import child_environment
 
+    # `main` splits off what follows the first `--`; without `--`, argparse gathered CMD here.
     command = list(options.argv)
-    if command and command[0] == "--":
+    if command[:1] == ["--"]:
         command = command[1:]
+    if options.trailing_command:
+        command = (
+            [*command, "--", *options.trailing_command] if command else options.trailing_command
+        )
     if not command:
         raise InputError("give the command to run after --, e.g. narcissus run -- python app.py")
     report = None if options.quiet else ("json" if options.as_json else "text")

@@ -119,6 +119,19 @@ def listening_sockets(netns: Netns | None = None) -> tuple[list[TcpSocket], bool
     return sockets, complete
 
 
+def local_ports_in_use(netns: Netns | None = None) -> tuple[set[int], set[int]]:
+    """Local ports of this namespace's TCP sockets: (held by bind or listen, used only by
+    connections or TIME_WAIT). connect() never takes the first kind and may take the second."""
+    bound: set[int] = set()
+    connected: set[int] = set()
+    inactive = state_mask(TcpState.LISTEN, TcpState.BOUND_INACTIVE)
+    with _netns.entered(netns), SockDiag() as diag:
+        for family in _FAMILIES:
+            for sock in diag.dump(family, ALL_STATES_MASK):
+                (bound if state_mask(sock.state) & inactive else connected).add(sock.local_port)
+    return bound, connected - bound
+
+
 def destroy(sockets: list[TcpSocket], netns: Netns | None = None) -> list[KillResult]:
     """Abort each socket with SOCK_DESTROY (needs CAP_NET_ADMIN); frees the port it holds."""
     with _netns.entered(netns), SockDiag() as diag:

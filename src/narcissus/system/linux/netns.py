@@ -16,7 +16,12 @@ from narcissus.core.values import Value
 from narcissus.errors import InputError, UnsupportedError
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
 NAMED_NETNS_DIR = "/run/netns"
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+_IFREQ = "16sH22x"
 
 
 class Netns(Value):
@@ -98,17 +103,65 @@ def all_namespaces() -> list[Netns]:
     return list(seen.values())
 
 
+def _libc_call(name: str, *args: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+
+
+def unshare_network(*, user_namespace: bool) -> None:
+    """Move this process into a new, empty network namespace.
+
+    Root needs only CLONE_NEWNET. Without root, a new user namespace (where the OS allows
+    unprivileged ones) makes this process root over the new network namespace: its uid and gid
+    map to ours and setgroups is denied, as user_namespaces(7) requires.
+    """
+    uid, gid = os.getuid(), os.getgid()
+    flags = CLONE_NEWNET | (CLONE_NEWUSER if user_namespace else 0)
+    unshare = getattr(os, "unshare", None)
+    try:
+        if unshare is not None:  # Python >= 3.12
+            unshare(flags)
+        else:
+            _libc_call("unshare", flags)
+    except PermissionError as exc:
+        how = (
+            "an unprivileged user namespace, which this OS does not allow"
+            if user_namespace
+            else "root"
+        )
+        raise UnsupportedError(f"a private network namespace needs {how}: {exc.strerror}") from exc
+    if user_namespace:
+        for path, text in (
+            ("/proc/self/setgroups", "deny"),
+            ("/proc/self/uid_map", f"0 {uid} 1"),
+            ("/proc/self/gid_map", f"0 {gid} 1"),
+        ):
+            with open(path, "w", encoding="ascii") as handle:
+                handle.write(text)
+
+
+def loopback_up() -> None:
+    """Bring up `lo` in this thread's namespace (a new namespace starts with it down)."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack(_IFREQ, b"lo", 0)
+        flags = struct.unpack(_IFREQ, fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack(_IFREQ, b"lo", flags | _IFF_UP))
+
+
 def _setns(fd: int) -> None:
     setns = getattr(os, "setns", None)
     if setns is not None:  # Python >= 3.12
         setns(fd, CLONE_NEWNET)
         return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
+    _libc_call("setns", fd, CLONE_NEWNET)
 
 
 @contextmanager

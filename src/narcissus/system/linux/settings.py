@@ -57,3 +57,9 @@ def read_ephemeral_ports() -> EphemeralPorts:
         source=PORT_RANGE_FILE,
         parity_first=parity,
     )
+
+
+def write_port_range(low: int, high: int) -> None:
+    """Set this namespace's ephemeral range (root over the namespace; never the host's in tests)."""
+    with open(PORT_RANGE_FILE, "w", encoding="ascii") as handle:
+        handle.write(f"{low} {high}")

@@ -1,0 +1,225 @@
+"""`narcissus repro`: make a self-connect happen on demand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import nullcontext
+from typing import Any
+
+from narcissus.cli import EXIT_FOUND, EXIT_OK
+from narcissus.cli._common import add_json_option, emit_json, port_arg, socket_json
+from narcissus.repro import Mode, Preflight, ReproRequest, ReproResult, preflight, reproduce
+
+TAKES_COMMAND = True
+SUMMARY = "make a self-connect happen on demand, in narcissus's client or in your own (CMD)"
+DESCRIPTION = """\
+Make a TCP self-connect to HOST:PORT happen on demand, so a fix can be tested.
+
+modes:
+  natural  unbound connects until one self-connects, as a retrying client does (with CMD: run
+           CMD again and again, like `while true; do telnet 127.0.0.1 PORT; done`)
+  pinned   narcissus's own socket with IP_LOCAL_PORT_RANGE set to PORT alone: one attempt
+           (Linux >= 6.3)
+  steer    hold every other port connect() could pick with bound sockets, then run CMD (or
+           narcissus's client) once: its connect takes PORT. On a busy host, ports used by
+           other connections cannot be held; they are listed with the resulting chance
+  isolate  run CMD (or narcissus's client) in a private network namespace whose ephemeral
+           range is PORT alone: certain on any host, but CMD sees only its own loopback
+
+Only loopback or this host's own addresses are accepted. Whether CMD self-connected is decided
+from evidence (the socket table), not guessed. Everything held is released on every exit.
+
+examples:
+  narcissus repro 50000
+  narcissus repro 6380 --mode isolate -- redis-cli -p 6380 CLIENT SETNAME tool-1
+  narcissus repro 50000 --mode steer --hold 5
+
+exit status: 0 self-connect reproduced, 1 not reproduced, 2 bad input, 3 not possible on
+this host (privileges, kernel), 130 interrupted.
+"""
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("port", type=port_arg, metavar="PORT", help="the port to self-connect to")
+    parser.add_argument("--host", default="127.0.0.1", help="a local address (default 127.0.0.1)")
+    parser.add_argument(
+        "--mode", choices=[m.value for m in Mode], default=Mode.NATURAL.value, help="see below"
+    )
+    parser.add_argument(
+        "--max-attempts", type=_count, default=100_000, metavar="N", help="default 100000"
+    )
+    parser.add_argument(
+        "--timeout", type=_seconds, default=60.0, metavar="S", help="give up after S seconds (60)"
+    )
+    parser.add_argument(
+        "--hold",
+        type=_seconds,
+        default=0.0,
+        metavar="S",
+        help="keep the self-connected socket S seconds: a server cannot bind PORT meanwhile",
+    )
+    add_json_option(parser)
+    parser.usage = (
+        "narcissus repro [-h] [--host H] [--mode MODE] [--max-attempts N] [--timeout S] "
+        "[--hold S] [--json] PORT [-- CMD ARGS...]"
+    )
+
+
+def run(options: argparse.Namespace) -> int:
+    request = ReproRequest(
+        port=options.port,
+        host=options.host,
+        mode=Mode(options.mode),
+        max_attempts=options.max_attempts,
+        timeout=options.timeout,
+        hold=options.hold,
+        command=tuple(options.trailing_command),
+    )
+    checked = preflight(request)
+    if options.as_json:
+        result = reproduce(request, checked=checked, capture=True)
+        emit_json(result_json(checked, result))
+    else:
+        result = _run_with_text(request, checked)
+    return EXIT_OK if result.self_connected else EXIT_FOUND
+
+
+def result_json(checked: Preflight, result: ReproResult) -> dict[str, Any]:
+    request = result.request
+    ports = result.source_ports
+    return {
+        "self_connected": result.self_connected,
+        "attempts": result.attempts,
+        "seconds": round(result.seconds, 6),
+        "mode": request.mode.value,
+        "port": request.port,
+        "host": request.host,
+        "address": checked.target.address,
+        "command": list(request.command) or None,
+        "command_status": result.command_status,
+        "command_output": result.command_output,
+        "proof": result.proof,
+        "evidence": [socket_json(sock) for sock in result.evidence],
+        "source_ports": None
+        if ports is None
+        else {
+            "count": ports.count,
+            "distinct": ports.distinct,
+            "even": ports.even,
+            "lowest": ports.low if ports.count else None,
+            "highest": ports.high if ports.count else None,
+            "recent": list(ports.recent),
+        },
+        "hold": None
+        if result.hold is None
+        else {"seconds": result.hold.seconds, "server_bind_error": result.hold.server_bind_error},
+        "steer": None
+        if result.steer is None
+        else {
+            "held": result.steer.held,
+            "helper_processes": result.steer.helper_processes,
+            "setup_seconds": round(result.steer.seconds, 6),
+            "blockers": list(result.steer.blockers),
+            "hit_chance": result.steer.hit_chance,
+        },
+        "port_status": checked.verdict.status.value,
+        "explanation": checked.explanation,
+        "stopped_because": result.stopped_because,
+        "notes": list(result.notes),
+    }
+
+
+def _run_with_text(request: ReproRequest, checked: Preflight) -> ReproResult:
+    from narcissus.cli._common import console
+
+    out = console()
+    err = console(stderr=True)
+    where = f"{checked.target.address}:{request.port}"
+    out.print(f"[bold]narcissus repro[/] {where}, mode {request.mode.value}")
+    out.print(f"  {checked.explanation}")
+    show_bar = request.mode is Mode.NATURAL and checked.possible and sys.stderr.isatty()
+    bar_context: Any = nullcontext(None)
+    if show_bar:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        bar_context = Progress(
+            "attempts", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+        )
+    with bar_context as bar:
+        progress = None
+        if bar is not None:
+            task = bar.add_task("attempts", total=request.max_attempts)
+
+            def progress(done: int) -> None:
+                bar.update(task, completed=done)
+
+        result = reproduce(request, checked=checked, progress=progress)
+    _render(result)
+    return result
+
+
+def _render(result: ReproResult) -> None:
+    from narcissus.cli._common import console, self_connected_table
+
+    out = console()
+    steer = result.steer
+    if steer is not None:
+        helpers = (
+            f" with {steer.helper_processes} helper process(es)" if steer.helper_processes else ""
+        )
+        out.print(f"  held {steer.held:,} ports{helpers} in {steer.seconds:.2f} s")
+        if steer.blockers:
+            shown = ", ".join(str(port) for port in steer.blockers[:20])
+            more = f" and {len(steer.blockers) - 20} more" if len(steer.blockers) > 20 else ""
+            out.print(f"  could not hold (used by connections or TIME_WAIT): {shown}{more}")
+        out.print(f"  chance the first attempt takes the port: {steer.hit_chance:.1%}")
+    if result.command_output:
+        out.print(result.command_output, markup=False, end="")
+    if result.self_connected:
+        out.print(
+            f"[bold red]SELF-CONNECTED[/] after {result.attempts:,} attempt(s) in "
+            f"{result.seconds:.3f} s"
+        )
+    else:
+        out.print(
+            f"[green]not self-connected[/] after {result.attempts:,} attempt(s) in "
+            f"{result.seconds:.3f} s: {result.stopped_because}"
+        )
+    if result.proof:
+        out.print(f"  proof: {result.proof}")
+    if result.evidence:
+        out.print("  evidence (socket table):")
+        out.print(self_connected_table(list(result.evidence), True))
+    ports = result.source_ports
+    if ports is not None and ports.count > 1:
+        share = ports.even / ports.count
+        out.print(
+            f"  source ports handed out: {ports.count:,} ({ports.distinct:,} distinct, "
+            f"{ports.low}-{ports.high}, {share:.0%} even)"
+        )
+    if result.hold is not None:
+        bind = result.hold.server_bind_error or "bound fine (unexpected)"
+        out.print(
+            f"  held the self-connected socket {result.hold.seconds:g} s; a server binding the "
+            f"port meanwhile got: {bind}"
+        )
+    if result.command_status is not None:
+        out.print(f"  CMD exited with status {result.command_status}")
+    for note in result.notes:
+        out.print(f"  [yellow]note:[/] {note}")

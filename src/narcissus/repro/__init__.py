@@ -1,0 +1,110 @@
+"""Reproduce a TCP self-connect on demand, in our own client or in the user's real one (CMD).
+
+`preflight()` says whether and how readily the port can be hit; `reproduce()` runs one of four
+modes (see `Mode`), each bounded in attempts and time, each releasing every socket and process
+it holds on every exit path.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from narcissus.core.ports import EphemeralPorts, PortClass
+from narcissus.errors import InputError, UnsupportedError
+from narcissus.repro.model import Mode, ReproRequest, ReproResult
+from narcissus.repro.target import Target, resolve_target
+
+__all__ = ["Mode", "Preflight", "ReproRequest", "ReproResult", "preflight", "reproduce"]
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """What is known before the first attempt: the target, the port's standing, and why a
+    mode can or cannot hit it."""
+
+    target: Target
+    settings: EphemeralPorts
+    verdict: PortClass
+    explanation: str
+    possible: bool
+
+
+def preflight(request: ReproRequest) -> Preflight:
+    from narcissus.host import ephemeral_ports
+
+    if request.max_attempts < 1:
+        raise InputError(f"--max-attempts must be at least 1, got {request.max_attempts}")
+    if request.timeout <= 0:
+        raise InputError(f"--timeout must be more than 0 seconds, got {request.timeout:g}")
+    if request.hold < 0:
+        raise InputError(f"--hold must be 0 or more seconds, got {request.hold:g}")
+    if request.hold and request.command:
+        raise InputError("--hold applies to narcissus's own client; CMD holds its socket itself")
+    if request.mode is Mode.PINNED and request.command:
+        raise InputError(
+            "--mode pinned sets an option on narcissus's own socket; it cannot run CMD"
+        )
+    if request.command and shutil.which(request.command[0]) is None:
+        raise InputError(f"command not found: {request.command[0]!r} (give CMD after --)")
+    target = resolve_target(request.host, request.port)
+    if request.mode is Mode.ISOLATE and not target.is_loopback:
+        raise InputError(
+            f"--mode isolate needs a loopback --host (127.0.0.1 or ::1), got {request.host}: "
+            "the private namespace has nothing else"
+        )
+    settings = ephemeral_ports()
+    verdict = settings.classify(request.port)
+    if request.mode is Mode.ISOLATE:
+        return Preflight(
+            target, settings, verdict, "the namespace's range will be this port alone", True
+        )
+    if not verdict.at_risk:
+        if request.mode in (Mode.PINNED, Mode.STEER):
+            raise InputError(
+                f"{verdict.reason()}; --mode {request.mode.value} cannot make the kernel pick it: "
+                "use --mode isolate"
+            )
+        return Preflight(
+            target, settings, verdict, f"cannot be hit naturally: {verdict.reason()}", False
+        )
+    if request.mode is Mode.NATURAL and verdict.preferred_parity is False:
+        explanation = f"practically never hit naturally: {verdict.reason()}"
+    else:
+        explanation = verdict.reason()
+    return Preflight(target, settings, verdict, explanation, True)
+
+
+def reproduce(
+    request: ReproRequest,
+    *,
+    checked: Preflight | None = None,
+    progress: Callable[[int], None] | None = None,
+    capture: bool = False,
+) -> ReproResult:
+    """Run one reproduction. `capture` collects CMD's output into the result instead of letting
+    it through (for JSON output)."""
+    ready = checked or preflight(request)
+    if not ready.possible:
+        return ReproResult(
+            request, False, 0, 0.0, notes=(ready.explanation,), stopped_because="not possible"
+        )
+    if not sys.platform.startswith("linux") and request.mode is not Mode.NATURAL:
+        raise UnsupportedError(f"--mode {request.mode.value} is implemented for Linux only here")
+    if request.mode is Mode.NATURAL:
+        from narcissus.repro.natural import run_natural
+
+        return run_natural(request, ready.target, progress, capture=capture)
+    if request.mode is Mode.PINNED:
+        from narcissus.repro.pinned import run_pinned
+
+        return run_pinned(request, ready.target)
+    if request.mode is Mode.STEER:
+        from narcissus.repro.steer import run_steer
+
+        return run_steer(request, ready.target, ready.settings, capture=capture)
+    from narcissus.repro.isolate import run_isolate
+
+    return run_isolate(request, ready.target, capture=capture)

@@ -1,0 +1,91 @@
+"""Our own client: one unbound connect attempt, the proof that a socket talks to itself, the
+abortive close, and `--hold`."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import struct
+import time
+
+from narcissus.repro.model import HoldOutcome
+from narcissus.repro.target import Target
+
+LINGER_ABORT = struct.pack("ii", 1, 0)
+IP_LOCAL_PORT_RANGE = 51  # Linux >= 6.3, level IPPROTO_IP
+
+
+def is_self_connected(sock: socket.socket) -> bool:
+    try:
+        local: tuple[object, ...] = sock.getsockname()[:2]
+        peer: tuple[object, ...] = sock.getpeername()[:2]
+    except OSError:
+        return False
+    return local == peer
+
+
+def abort(sock: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0), so no TIME_WAIT entry keeps holding the port."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
+    sock.close()
+
+
+def new_socket(target: Target) -> socket.socket:
+    sock = socket.socket(target.family, socket.SOCK_STREAM)
+    if target.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    return sock
+
+
+def attempt(sock: socket.socket, target: Target) -> tuple[bool, int]:
+    """Connect once; returns (connected, the source port the OS handed out)."""
+    try:
+        sock.connect(target.sockaddr)
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ECONNRESET):
+            raise
+        try:
+            return False, int(sock.getsockname()[1])
+        except OSError:
+            return False, 0
+    return True, int(sock.getsockname()[1])
+
+
+def prove_echo(sock: socket.socket, timeout: float = 2.0) -> str | None:
+    """Send a unique message and read it back: what a self-connected client experiences."""
+    message = b"narcissus-" + os.urandom(6).hex().encode()
+    sock.settimeout(timeout)
+    try:
+        sock.sendall(message)
+        received = b""
+        while len(received) < len(message):
+            chunk = sock.recv(len(message) - len(received))
+            if not chunk:
+                break
+            received += chunk
+    except OSError:
+        return None
+    if received != message:
+        return None
+    return f"sent {message.decode()!r} and read the same {len(message)} bytes back"
+
+
+def hold_open(target: Target, seconds: float) -> HoldOutcome:
+    """While the caller keeps its self-connected socket open, show that a server cannot bind the
+    port, and wait `seconds`."""
+    server = socket.socket(target.family, socket.SOCK_STREAM)
+    error: str | None = None
+    try:
+        server.bind(target.sockaddr)
+        server.listen()
+    except OSError as exc:
+        error = f"[Errno {exc.errno}] {exc.strerror}"
+    finally:
+        server.close()
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 0.2))
+    return HoldOutcome(seconds, error)

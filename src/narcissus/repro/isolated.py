@@ -1,0 +1,93 @@
+"""Isolate mode, the inside (`python -m narcissus.repro.isolated`): this process moves itself into
+a new network namespace, brings loopback up, sets `ip_local_port_range` to the single target
+port, then runs our client or CMD there. The job arrives pickled on stdin and the result leaves
+pickled on the descriptor named in argv; both ends are narcissus. Everything made here vanishes
+with the namespace when this process exits.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import time
+
+from narcissus.errors import InputError, NarcissusError, UnsupportedError
+from narcissus.repro import client
+from narcissus.repro.command import run_command
+from narcissus.repro.model import ReproRequest, ReproResult, SourcePorts
+from narcissus.repro.target import Target
+
+
+def run_inside(
+    request: ReproRequest, target: Target, *, capture: bool, user_namespace: bool
+) -> ReproResult:
+    from narcissus.system.linux.netns import loopback_up, unshare_network
+    from narcissus.system.linux.settings import write_port_range
+
+    start = time.monotonic()
+    unshare_network(user_namespace=user_namespace)
+    loopback_up()
+    try:
+        write_port_range(target.port, target.port)
+    except OSError as exc:
+        raise InputError(
+            f"cannot set the namespace's port range to {target.port}: {exc.strerror} "
+            "(the range must start at or above net.ipv4.ip_unprivileged_port_start, usually 1024)"
+        ) from exc
+    if request.command:
+        outcome = run_command(request.command, target, request.timeout, capture=capture)
+        return ReproResult(
+            request,
+            outcome.self_connected,
+            1,
+            time.monotonic() - start,
+            evidence=tuple(sock.replace(netns="isolated") for sock in outcome.evidence),
+            command_status=outcome.status,
+            command_output=outcome.output,
+            stopped_because="CMD timed out" if outcome.timed_out else "CMD exited",
+        )
+    sock = client.new_socket(target)
+    try:
+        connected, source_port = client.attempt(sock, target)
+        self_connected = connected and client.is_self_connected(sock)
+        proof = client.prove_echo(sock) if self_connected else None
+        hold = client.hold_open(target, request.hold) if self_connected and request.hold else None
+    finally:
+        client.abort(sock)
+    ports = SourcePorts()
+    ports.add(source_port)
+    return ReproResult(
+        request,
+        self_connected,
+        1,
+        time.monotonic() - start,
+        source_ports=ports,
+        proof=proof,
+        hold=hold,
+        stopped_because="self-connected" if self_connected else f"got port {source_port}",
+    )
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    sys.exit(128 + signum)  # unwinds run_command, which then stops CMD
+
+
+def main(report_fd: int) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    request, target, capture, user_namespace = pickle.load(sys.stdin.buffer)
+    outcome: object
+    try:
+        outcome = run_inside(request, target, capture=capture, user_namespace=user_namespace)
+    except NarcissusError as exc:
+        outcome = exc
+    except OSError as exc:
+        outcome = UnsupportedError(f"isolate failed: {exc}")
+    with os.fdopen(report_fd, "wb") as report:
+        pickle.dump(outcome, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1])))

@@ -1,0 +1,90 @@
+"""The values a reproduction takes and gives back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from narcissus.core.sockets import TcpSocket
+
+
+class Mode(str, Enum):
+    NATURAL = "natural"  # unbound connects until one self-connects, as a retrying client does
+    PINNED = "pinned"  # our socket's own range narrowed to the port (IP_LOCAL_PORT_RANGE)
+    STEER = "steer"  # hold every other candidate port, so the next connect takes the target
+    ISOLATE = "isolate"  # a private network namespace whose whole range is the target port
+
+
+@dataclass(frozen=True, slots=True)
+class ReproRequest:
+    port: int
+    host: str = "127.0.0.1"
+    mode: Mode = Mode.NATURAL
+    max_attempts: int = 100_000
+    timeout: float = 60.0
+    hold: float = 0.0
+    command: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class SourcePorts:
+    """The source ports unbound connects were handed, summarised (a natural run sees
+    thousands)."""
+
+    count: int = 0
+    even: int = 0
+    low: int = 65536
+    high: int = 0
+    recent: list[int] = field(default_factory=list)
+    _distinct: set[int] = field(default_factory=set)
+
+    def add(self, port: int) -> None:
+        self.count += 1
+        self.even += port % 2 == 0
+        self.low = min(self.low, port)
+        self.high = max(self.high, port)
+        self._distinct.add(port)
+        self.recent.append(port)
+        if len(self.recent) > 16:
+            del self.recent[0]
+
+    @property
+    def distinct(self) -> int:
+        return len(self._distinct)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldOutcome:
+    """`--hold`: how long the self-connected socket was kept, and what a server binding the
+    port got meanwhile (the second symptom)."""
+
+    seconds: float
+    server_bind_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SteerSetup:
+    """What steering held, how long that took, and what it could not hold."""
+
+    held: int
+    helper_processes: int
+    seconds: float
+    blockers: tuple[int, ...]
+    hit_chance: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReproResult:
+    request: ReproRequest
+    self_connected: bool
+    attempts: int
+    seconds: float
+    source_ports: SourcePorts | None = None
+    proof: str | None = None
+    evidence: tuple[TcpSocket, ...] = ()
+    command_status: int | None = None
+    command_output: str | None = None
+    hold: HoldOutcome | None = None
+    steer: SteerSetup | None = None
+    notes: tuple[str, ...] = ()
+    stopped_because: str = ""

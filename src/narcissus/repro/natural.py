@@ -1,0 +1,100 @@
+"""Natural mode: what a retrying client does, unbound connects until one self-connects.
+
+Each attempt is a fresh socket, as a reconnecting client makes; a refused connect costs ~30 us
+on loopback, so the default range's ~14,000 attempts for an even port take about half a second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from narcissus.repro import client
+from narcissus.repro.command import run_command
+from narcissus.repro.model import ReproRequest, ReproResult, SourcePorts
+from narcissus.repro.target import Target
+
+Progress = Callable[[int], None]
+
+
+def run_natural(
+    request: ReproRequest,
+    target: Target,
+    progress: Progress | None = None,
+    *,
+    capture: bool = False,
+) -> ReproResult:
+    if request.command:
+        return _run_command_loop(request, target, progress, capture=capture)
+    ports = SourcePorts()
+    start = time.monotonic()
+    deadline = start + request.timeout
+    attempts = 0
+    stopped = "max attempts reached"
+    while attempts < request.max_attempts:
+        if attempts % 256 == 0:
+            if time.monotonic() >= deadline:
+                stopped = "timeout reached"
+                break
+            if progress is not None:
+                progress(attempts)
+        attempts += 1
+        sock = client.new_socket(target)
+        try:
+            connected, source_port = client.attempt(sock, target)
+            ports.add(source_port)
+            if not connected:
+                continue
+            if not client.is_self_connected(sock):
+                stopped = f"something is listening on {target.host}:{target.port}"
+                break
+            proof = client.prove_echo(sock)
+            hold = client.hold_open(target, request.hold) if request.hold > 0 else None
+            return ReproResult(
+                request,
+                True,
+                attempts,
+                time.monotonic() - start,
+                source_ports=ports,
+                proof=proof,
+                hold=hold,
+                stopped_because="self-connected",
+            )
+        finally:
+            client.abort(sock)
+    return ReproResult(
+        request,
+        False,
+        attempts,
+        time.monotonic() - start,
+        source_ports=ports,
+        stopped_because=stopped,
+    )
+
+
+def _run_command_loop(
+    request: ReproRequest, target: Target, progress: Progress | None, *, capture: bool
+) -> ReproResult:
+    """The second report's loop (`while true; do telnet 127.0.0.1 50000; done`): a fresh CMD
+    process per attempt, until one self-connects or the limits end it."""
+    start = time.monotonic()
+    deadline = start + request.timeout
+    attempts = 0
+    while attempts < request.max_attempts and (left := deadline - time.monotonic()) > 0:
+        if progress is not None:
+            progress(attempts)
+        attempts += 1
+        outcome = run_command(request.command, target, left, capture=capture)
+        if outcome.self_connected:
+            return ReproResult(
+                request,
+                True,
+                attempts,
+                time.monotonic() - start,
+                evidence=outcome.evidence,
+                command_status=outcome.status,
+                command_output=outcome.output,
+                stopped_because="self-connected",
+            )
+    stopped = "max attempts reached" if attempts >= request.max_attempts else "timeout reached"
+    return ReproResult(request, False, attempts, time.monotonic() - start, stopped_because=stopped)

@@ -1,0 +1,60 @@
+"""Pinned mode: our own socket with IP_LOCAL_PORT_RANGE set to (P, P), so the kernel has exactly
+one port to hand it and the first attempt self-connects (Linux >= 6.3; ~75 us).
+
+The option narrows the namespace's range and cannot widen it: a port outside the range or
+reserved is ignored by the kernel, which is why the preflight refuses those.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import time
+
+from narcissus.errors import UnsupportedError
+from narcissus.repro import client
+from narcissus.repro.model import ReproRequest, ReproResult, SourcePorts
+from narcissus.repro.target import Target
+
+
+def run_pinned(request: ReproRequest, target: Target) -> ReproResult:
+    start = time.monotonic()
+    sock = client.new_socket(target)
+    try:
+        try:
+            value = struct.pack("=I", target.port | (target.port << 16))
+            sock.setsockopt(socket.IPPROTO_IP, client.IP_LOCAL_PORT_RANGE, value)
+        except OSError as exc:
+            if exc.errno in (errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP):
+                raise UnsupportedError(
+                    "--mode pinned needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE); use --mode steer "
+                    "or --mode isolate"
+                ) from exc
+            raise
+        connected, source_port = client.attempt(sock, target)
+        ports = SourcePorts()
+        ports.add(source_port)
+        if not connected or not client.is_self_connected(sock):
+            why = (
+                f"something is listening on {target.host}:{target.port}"
+                if connected
+                else f"the kernel handed out port {source_port}, not {target.port}"
+            )
+            return ReproResult(
+                request, False, 1, time.monotonic() - start, ports, stopped_because=why
+            )
+        proof = client.prove_echo(sock)
+        hold = client.hold_open(target, request.hold) if request.hold > 0 else None
+        return ReproResult(
+            request,
+            True,
+            1,
+            time.monotonic() - start,
+            ports,
+            proof=proof,
+            hold=hold,
+            stopped_because="self-connected",
+        )
+    finally:
+        client.abort(sock)

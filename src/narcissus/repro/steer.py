@@ -1,0 +1,92 @@
+"""Steer mode: make the next connect to the target, by any program, self-connect.
+
+Every other port connect() could take is held with a bound socket (see core.steering), then our
+client or CMD connects once while they are held. On a busy host, ports used by connections or in
+TIME_WAIT cannot be held yet stay candidates; they are listed, with the chance that the first
+attempt still takes the target.
+"""
+
+from __future__ import annotations
+
+import time
+
+from narcissus.core.ports import EphemeralPorts
+from narcissus.core.steering import first_attempt_hit_chance, ports_to_hold
+from narcissus.repro import client
+from narcissus.repro.command import run_command
+from narcissus.repro.holder import PortHold
+from narcissus.repro.model import ReproRequest, ReproResult, SourcePorts, SteerSetup
+from narcissus.repro.target import Target
+
+
+def _blockers(failed: list[int]) -> list[int]:
+    """Of the ports that could not be bound, those connect() may still take."""
+    if not failed:
+        return []
+    from narcissus.system.linux import local_ports_in_use
+
+    _bound, connected = local_ports_in_use()
+    return sorted(set(failed) & connected)
+
+
+def run_steer(
+    request: ReproRequest, target: Target, settings: EphemeralPorts, *, capture: bool
+) -> ReproResult:
+    start = time.monotonic()
+    with PortHold(ports_to_hold(settings, target.port)) as hold:
+        blockers = _blockers(hold.failed)
+        chance = first_attempt_hit_chance(settings, target.port, blockers)
+        setup = SteerSetup(
+            held=hold.held,
+            helper_processes=hold.helper_processes,
+            seconds=hold.seconds,
+            blockers=tuple(blockers),
+            hit_chance=chance.probability,
+        )
+        notes: list[str] = []
+        if blockers:
+            notes.append(
+                f"{len(blockers)} candidate port(s) are used by other connections or sit in "
+                f"TIME_WAIT and cannot be held, so the first attempt takes port {target.port} "
+                f"with probability {chance.probability:.1%}; --mode isolate is certain"
+            )
+        if request.command:
+            outcome = run_command(request.command, target, request.timeout, capture=capture)
+            return ReproResult(
+                request,
+                outcome.self_connected,
+                1,
+                time.monotonic() - start,
+                evidence=outcome.evidence,
+                command_status=outcome.status,
+                command_output=outcome.output,
+                steer=setup,
+                notes=tuple(notes),
+                stopped_because="CMD timed out" if outcome.timed_out else "CMD exited",
+            )
+        sock = client.new_socket(target)
+        try:
+            connected, source_port = client.attempt(sock, target)
+            ports = SourcePorts()
+            ports.add(source_port)
+            self_connected = connected and client.is_self_connected(sock)
+            proof = client.prove_echo(sock) if self_connected else None
+            hold_outcome = (
+                client.hold_open(target, request.hold)
+                if self_connected and request.hold > 0
+                else None
+            )
+        finally:
+            client.abort(sock)
+    return ReproResult(
+        request,
+        self_connected,
+        1,
+        time.monotonic() - start,
+        source_ports=ports,
+        proof=proof,
+        hold=hold_outcome,
+        steer=setup,
+        notes=tuple(notes),
+        stopped_because="self-connected" if self_connected else f"got port {source_port}",
+    )

@@ -1,0 +1,279 @@
+"""`narcissus repro` against the real kernel, mostly inside private namespaces whose settings the
+test owns (steer holds thousands of ports: never on the shared host)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from narcissus.core.ports import EphemeralPorts, PortRange, PortSet
+from narcissus.core.steering import first_attempt_hit_chance
+from narcissus.repro import Mode, ReproRequest, reproduce
+from narcissus.repro.isolate import run_isolate
+from narcissus.repro.target import resolve_target
+from tests.support import PrivateNetns, assert_one_line_error, needs_root, run_cli
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux modes")
+
+
+def repro_json(*args: str, netns: PrivateNetns | None = None) -> tuple[int, dict[str, object]]:
+    cut = args.index("--") if "--" in args else len(args)
+    done = run_cli("repro", *args[:cut], "--json", *args[cut:], netns=netns)
+    assert done.stderr == "", done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_pinned_self_connects_on_the_first_attempt(host: str) -> None:
+    result = reproduce(ReproRequest(50000, host, Mode.PINNED))
+    assert result.self_connected and result.attempts == 1
+    assert result.proof is not None and "read the same" in result.proof
+
+
+@needs_root
+def test_natural_hits_an_even_port(netns: PrivateNetns) -> None:
+    netns.set_port_range(40000, 40999)
+    status, report = repro_json("40500", "--max-attempts", "20000", netns=netns)
+    assert status == 0 and report["self_connected"] is True
+    assert report["mode"] == "natural" and report["port"] == 40500 and report["host"] == "127.0.0.1"
+    ports = report["source_ports"]
+    assert ports["count"] == report["attempts"] and ports["even"] == ports["count"]  # type: ignore[index]
+    assert "read the same" in str(report["proof"])
+
+
+@needs_root
+def test_natural_never_hits_an_odd_port_while_even_ports_are_free(netns: PrivateNetns) -> None:
+    netns.set_port_range(40000, 40999)
+    status, report = repro_json("40501", "--max-attempts", "5000", netns=netns)
+    assert status == 1 and report["self_connected"] is False
+    assert report["attempts"] == 5000
+    assert report["source_ports"]["even"] == 5000  # type: ignore[index]
+    assert "practically never" in str(report["explanation"])
+
+
+def test_natural_explains_a_port_outside_the_range() -> None:
+    status, report = repro_json("8080")
+    assert status == 1 and report["attempts"] == 0
+    assert "outside the ephemeral range" in str(report["explanation"])
+
+
+@needs_root
+def test_steer_even_target_first_attempt_every_time(netns: PrivateNetns) -> None:
+    for _ in range(3):
+        status, report = repro_json("50000", "--mode", "steer", netns=netns)
+        assert status == 0 and report["self_connected"] is True and report["attempts"] == 1
+        steer = report["steer"]
+        assert steer["held"] == 14115 and steer["blockers"] == [] and steer["hit_chance"] == 1.0  # type: ignore[index]
+
+
+@needs_root
+def test_steer_odd_target_holds_ports_in_helper_processes_and_releases_them(
+    netns: PrivateNetns,
+) -> None:
+    status, report = repro_json("50001", "--mode", "steer", netns=netns)
+    assert status == 0 and report["self_connected"] is True
+    steer = report["steer"]
+    assert steer["held"] == 28231 and steer["helper_processes"] >= 1  # type: ignore[index]
+    with netns.entered():
+        for port in (32768, 40000, 50000, 60998, 60999, 60997):
+            probe = socket.socket()
+            probe.bind(("0.0.0.0", port))  # nothing is left holding it
+            probe.close()
+
+
+@needs_root
+def test_steer_lists_ports_it_cannot_hold_and_their_chance(netns: PrivateNetns) -> None:
+    netns.set_port_range(40000, 40099)
+    with netns.entered():
+        server = socket.create_server(("127.0.0.1", 39000))
+        clients = [socket.create_connection(("127.0.0.1", 39000)) for _ in range(3)]
+        taken = sorted(c.getsockname()[1] for c in clients)
+    try:
+        status, report = repro_json("40050", "--mode", "steer", netns=netns)
+    finally:
+        for sock in (*clients, server):
+            sock.close()
+    steer = report["steer"]
+    assert steer["blockers"] == [p for p in taken if p != 40050]  # type: ignore[index]
+    settings = EphemeralPorts("linux", PortRange(40000, 40099), PortSet(), "test", True)
+    expected = first_attempt_hit_chance(settings, 40050, taken).probability
+    assert steer["hit_chance"] == pytest.approx(expected)  # type: ignore[index]
+    assert any("--mode isolate" in note for note in report["notes"])  # type: ignore[union-attr]
+    assert status in (0, 1)
+
+
+@needs_root
+def test_steer_makes_the_real_redis_cli_talk_to_itself(netns: PrivateNetns) -> None:
+    status, report = repro_json(
+        "50000",
+        "--mode",
+        "steer",
+        "--",
+        "redis-cli",
+        "-p",
+        "50000",
+        "CLIENT",
+        "SETNAME",
+        "tool-1",
+        netns=netns,
+    )
+    assert status == 0 and report["self_connected"] is True
+    assert str(report["command_output"]).split() == ["CLIENT", "SETNAME", "tool-1"]
+    assert [e["port"] for e in report["evidence"]] == [50000]  # type: ignore[union-attr]
+
+
+def test_isolate_makes_the_real_redis_cli_talk_to_itself_on_any_host() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("isolate as non-root needs unprivileged user namespaces")
+    status, report = repro_json(
+        "6380", "--mode", "isolate", "--", "redis-cli", "-p", "6380", "CLIENT", "SETNAME", "tool-1"
+    )
+    assert status == 0 and report["self_connected"] is True
+    assert str(report["command_output"]).split() == ["CLIENT", "SETNAME", "tool-1"]
+    assert report["evidence"] and report["evidence"][0]["port"] == 6380  # type: ignore[index]
+    assert any("only its own loopback" in note for note in report["notes"])  # type: ignore[union-attr]
+
+
+def test_the_original_reports_tool_crashes_as_its_users_saw() -> None:
+    """examples/redis_ipc/tool.py reads back its own handshake: redis-py's AttributeError."""
+    if os.geteuid() != 0:
+        pytest.skip("isolate as non-root needs unprivileged user namespaces")
+    tool = Path(__file__).parents[2] / "examples" / "redis_ipc" / "tool.py"
+    status, report = repro_json(
+        "6381",
+        "--mode",
+        "isolate",
+        "--",
+        sys.executable,
+        str(tool),
+        "tool-1",
+        "--port",
+        "6381",
+        "--seconds",
+        "2",
+    )
+    assert status == 0 and report["self_connected"] is True
+    assert report["command_status"] == 1
+    assert "AttributeError" in str(report["command_output"])
+
+
+@needs_root
+def test_isolate_through_an_unprivileged_user_namespace() -> None:
+    request = ReproRequest(41000, "127.0.0.1", Mode.ISOLATE)
+    result = run_isolate(
+        request, resolve_target("127.0.0.1", 41000), capture=True, user_namespace=True
+    )
+    assert result.self_connected and result.proof
+
+
+def test_hold_shows_that_a_server_cannot_bind_the_port() -> None:
+    status, report = repro_json("50000", "--mode", "pinned", "--hold", "0.3")
+    assert status == 0
+    assert "Address already in use" in str(report["hold"]["server_bind_error"])  # type: ignore[index]
+
+
+@needs_root
+def test_only_local_addresses_are_accepted(netns: PrivateNetns) -> None:
+    assert_one_line_error(
+        run_cli("repro", "50000", "--host", "192.0.2.1"), "not an address of this host"
+    )
+    assert_one_line_error(
+        run_cli("repro", "50000", "--host", "no-such-host.invalid"), "cannot resolve"
+    )
+    # Give the namespace a non-loopback address of its own (on lo: this kernel has no dummy).
+    subprocess.run(["ip", "-n", netns.name, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
+    status, report = repro_json("50000", "--host", "192.0.2.1", "--mode", "pinned", netns=netns)
+    assert status == 0 and report["self_connected"] is True and report["address"] == "192.0.2.1"
+    isolate = run_cli("repro", "50000", "--host", "192.0.2.1", "--mode", "isolate", netns=netns)
+    assert_one_line_error(isolate, "loopback")
+
+
+@needs_root
+def test_sigterm_releases_every_held_port_and_stops_cmd(netns: PrivateNetns) -> None:
+    argv = netns.wrap(
+        [
+            sys.executable,
+            "-m",
+            "narcissus",
+            "repro",
+            "50001",
+            "--mode",
+            "steer",
+            "--",
+            "sleep",
+            "30",
+        ]
+    )
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    sleeper: int | None = None
+    while sleeper is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    if handle.read() == b"sleep\x0030\x00" and _is_descendant(
+                        int(pid), process.pid
+                    ):
+                        sleeper = int(pid)
+            except OSError:
+                continue
+    assert sleeper is not None, "CMD never started"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 130
+    assert not os.path.exists(f"/proc/{sleeper}") or _is_zombie(sleeper)
+    with netns.entered():
+        for port in (32768, 50000, 60998, 60999, 60997):
+            probe = socket.socket()
+            probe.bind(("0.0.0.0", port))
+            probe.close()
+
+
+def _is_descendant(pid: int, ancestor: int) -> bool:
+    for _ in range(16):
+        if pid == ancestor:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+                pid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            return False
+        if pid <= 1:
+            return False
+    return False
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["50000", "--max-attempts", "0"], "--max-attempts"),
+        (["50000", "--timeout", "0"], "--timeout"),
+        (["50000", "--hold", "-1"], "--hold"),
+        (["50000", "--timeout", "soon"], "seconds"),
+        (["50000", "--mode", "pinned", "--", "true"], "pinned"),
+        (["50000", "--hold", "1", "--", "true"], "--hold"),
+        (["50000", "--mode", "bogus"], "bogus"),
+        (["0"], "got 0"),
+        (["70000"], "got 70000"),
+        (["50000", "--", "no-such-command-anywhere"], "command not found"),
+        (["8080", "--mode", "pinned"], "--mode isolate"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_2(args: list[str], fragment: str) -> None:
+    assert_one_line_error(run_cli("repro", *args), fragment)
