@@ -4,6 +4,7 @@
 
 Port knowledge:  ephemeral_ports(), ephemeral_range(), reserved_ports(), classify_port(port)
 Diagnosis:       scan(netns=None, every=False, kill=False) -> list[ScanReport]
+Safe ports:      free_port(portable=False, hold=False), release_port(port), claimed_port()
 Errors:          SelfConnectError (a ConnectionRefusedError), InputError, UnsupportedError
 """
 
@@ -15,6 +16,7 @@ from narcissus.errors import InputError, NarcissusError, SelfConnectError, Unsup
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from narcissus.host import classify_port, ephemeral_ports, ephemeral_range, reserved_ports
+    from narcissus.ports import claimed_port, free_port, release_port
     from narcissus.scan import scan_namespaces as scan
 
 # public name -> (module, attribute), imported on first access
@@ -24,6 +26,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "reserved_ports": ("narcissus.host", "reserved_ports"),
     "classify_port": ("narcissus.host", "classify_port"),
     "scan": ("narcissus.scan", "scan_namespaces"),
+    "free_port": ("narcissus.ports", "free_port"),
+    "release_port": ("narcissus.ports", "release_port"),
+    "claimed_port": ("narcissus.ports", "claimed_port"),
 }
 
 __all__ = [
@@ -32,9 +37,12 @@ __all__ = [
     "SelfConnectError",
     "UnsupportedError",
     "__version__",
+    "claimed_port",
     "classify_port",
     "ephemeral_ports",
     "ephemeral_range",
+    "free_port",
+    "release_port",
     "reserved_ports",
     "scan",
 ]
