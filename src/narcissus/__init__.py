@@ -4,7 +4,8 @@
 
 Port knowledge:  ephemeral_ports(), ephemeral_range(), reserved_ports(), classify_port(port)
 Diagnosis:       scan(netns=None, every=False, kill=False) -> list[ScanReport]
-Safe ports:      free_port(portable=False, hold=False), release_port(port), claimed_port()
+Prevention:      free_port(portable=False, hold=False), release_port(port), claimed_port(),
+                 reserve_ports(ports, persist=False, dry_run=False)
 Errors:          SelfConnectError (a ConnectionRefusedError), InputError, UnsupportedError
 """
 
@@ -17,6 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from narcissus.host import classify_port, ephemeral_ports, ephemeral_range, reserved_ports
     from narcissus.ports import claimed_port, free_port, release_port
+    from narcissus.reserve import reserve_ports
     from narcissus.scan import scan_namespaces as scan
 
 # public name -> (module, attribute), imported on first access
@@ -29,6 +31,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "free_port": ("narcissus.ports", "free_port"),
     "release_port": ("narcissus.ports", "release_port"),
     "claimed_port": ("narcissus.ports", "claimed_port"),
+    "reserve_ports": ("narcissus.reserve", "reserve_ports"),
 }
 
 __all__ = [
@@ -43,6 +46,7 @@ __all__ = [
     "ephemeral_range",
     "free_port",
     "release_port",
+    "reserve_ports",
     "reserved_ports",
     "scan",
 ]

@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "narcissus.cli.scan",
         "list TCP sockets connected to themselves (and their TIME_WAIT remnants)",
     ),
+    "reserve": (
+        "narcissus.cli.reserve",
+        "reserve ports so no client is ever handed them (net.ipv4.ip_local_reserved_ports)",
+    ),
     "port": (
         "narcissus.cli.port",
         "print a free port that no client can self-connect to (for scripts and tests)",
