@@ -5,7 +5,7 @@
 Port knowledge:  ephemeral_ports(), ephemeral_range(), reserved_ports(), classify_port(port)
 Diagnosis:       scan(netns=None, every=False, kill=False) -> list[ScanReport]
 Prevention:      free_port(portable=False, hold=False), release_port(port), claimed_port(),
-                 reserve_ports(ports, persist=False, dry_run=False)
+                 reserve_ports(ports, persist=False, dry_run=False), lint_paths(paths, os_names=)
 Errors:          SelfConnectError (a ConnectionRefusedError), InputError, UnsupportedError
 """
 
@@ -17,6 +17,7 @@ from narcissus.errors import InputError, NarcissusError, SelfConnectError, Unsup
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from narcissus.host import classify_port, ephemeral_ports, ephemeral_range, reserved_ports
+    from narcissus.lint import lint_paths
     from narcissus.ports import claimed_port, free_port, release_port
     from narcissus.reserve import reserve_ports
     from narcissus.scan import scan_namespaces as scan
@@ -32,6 +33,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "release_port": ("narcissus.ports", "release_port"),
     "claimed_port": ("narcissus.ports", "claimed_port"),
     "reserve_ports": ("narcissus.reserve", "reserve_ports"),
+    "lint_paths": ("narcissus.lint", "lint_paths"),
 }
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "ephemeral_ports",
     "ephemeral_range",
     "free_port",
+    "lint_paths",
     "release_port",
     "reserve_ports",
     "reserved_ports",

@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "narcissus.cli.scan",
         "list TCP sockets connected to themselves (and their TIME_WAIT remnants)",
     ),
+    "lint": (
+        "narcissus.cli.lint",
+        "find ports inside the ephemeral range in configuration and code (CI, pre-commit)",
+    ),
     "reserve": (
         "narcissus.cli.reserve",
         "reserve ports so no client is ever handed them (net.ipv4.ip_local_reserved_ports)",
