@@ -217,62 +217,55 @@ def _claim(directory: Path, port: int, expires: float) -> bool:
     """Claim `port` for this process: a new claim file, or a stale one taken over."""
     path = directory / f"{port}.claim"
     record = _own_claim(expires).encode()
-    for _attempt in range(3):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            taken = _take_over_if_stale(path, record)
-            if taken is not None:
-                return taken
-            continue  # the file went away meanwhile: try to create it again
-        try:
-            os.write(fd, record.encode())
-        finally:
-            os.close(fd)
-        return True
-    return False
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _take_over_if_stale(path, record)
+    try:
+        os.write(fd, record.encode())
+    finally:
+        os.close(fd)
+    return True
 
 
-def _take_over_if_stale(path: Path, record: str) -> bool | None:
-    """True: the stale claim at `path` is now ours; False: it is live; None: it vanished."""
+@contextmanager
+def _locked(path: Path) -> Iterator[int | None]:
+    """The claim file at `path`, open and exclusively locked; None when it is gone, was
+    replaced meanwhile, or stays locked (the lock is held only while a claim is replaced)."""
     try:
         fd = os.open(path, os.O_RDWR)
     except FileNotFoundError:
-        return None
+        yield None
+        return
     try:
-        if not _lock(fd) or not _still_there(fd, path):
-            return False
-        if not _is_stale(fd):
-            return False
-        spare = path.with_name(f".{path.name}.{os.getpid()}.{_random.getrandbits(32):08x}")
-        spare.write_text(record)
-        try:
-            os.replace(spare, path)
-        except OSError:
-            spare.unlink(missing_ok=True)
-            return False
-        return True
+        yield fd if _lock(fd) and _still_there(fd, path) else None
     finally:
         os.close(fd)  # drops the lock
 
 
-def _release(directory: Path, port: int) -> bool:
-    path = directory / f"{port}.claim"
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        if not _lock(fd) or not _still_there(fd, path):
+def _take_over_if_stale(path: Path, record: str) -> bool:
+    with _locked(path) as fd:
+        if fd is None or not _is_stale(fd):
             return False
-        claim = _read_claim(fd)
-        own = _own_claim(0.0)
+        spare = path.with_name(f".{path.name}.{os.getpid()}.{_random.getrandbits(32):08x}")
+        spare.write_text(record)
+        try:
+            os.replace(spare, path)  # whoever waits on the old file's lock finds it replaced
+        except OSError:
+            spare.unlink(missing_ok=True)
+            return False
+        return True
+
+
+def _release(directory: Path, port: int) -> bool:
+    with _locked(directory / f"{port}.claim") as fd:
+        if fd is None:
+            return False
+        claim, own = _read_claim(fd), _own_claim(0.0)
         if claim is None or (claim.pid, claim.start_time) != (own.pid, own.start_time):
             return False
-        os.unlink(path)
+        os.unlink(directory / f"{port}.claim")
         return True
-    finally:
-        os.close(fd)
 
 
 def _read_claim(fd: int) -> Claim | None:

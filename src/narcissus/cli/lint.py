@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from narcissus.cli import EXIT_FOUND, EXIT_OK
+from narcissus.cli._common import argument_type, emit_json
 from narcissus.core.lint.model import DEFAULT_TARGETS, Finding
 from narcissus.core.ports import OS_LABELS, parse_os_name
 from narcissus.errors import InputError
@@ -43,11 +43,8 @@ _OS_CHOICES = "linux, windows, macos, freebsd, openbsd"
 def _os_list(text: str) -> tuple[str, ...]:
     names = [part for part in text.split(",") if part.strip()]
     if not names:
-        raise argparse.ArgumentTypeError(f"--os takes a comma-separated list of {_OS_CHOICES}")
-    try:
-        return tuple(parse_os_name(name) for name in names)
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+        raise InputError(f"--os takes a comma-separated list of {_OS_CHOICES}")
+    return tuple(parse_os_name(name) for name in names)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +58,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--os",
         dest="os_names",
-        type=_os_list,
+        type=argument_type(_os_list),
         default=DEFAULT_TARGETS,
         metavar="LIST",
         help=f"the OSes whose default ranges count, comma-separated: {_OS_CHOICES} "
@@ -93,9 +90,9 @@ def run(options: argparse.Namespace) -> int:
             options.paths, os_names=options.os_names, exclude=options.exclude, progress=progress
         )
     if output == "json":
-        print(json.dumps([finding_json(f) for f in report.findings], indent=2))
+        emit_json([finding_json(f) for f in report.findings])
     elif output == "sarif":
-        print(json.dumps(_sarif(report), indent=2))
+        emit_json(_sarif(report))
     elif output == "github":
         from narcissus.core.lint.formats import github_commands
 

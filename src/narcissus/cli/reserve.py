@@ -6,10 +6,9 @@ import argparse
 from typing import Any
 
 from narcissus.cli import EXIT_OK
-from narcissus.cli._common import add_json_option, emit_json
+from narcissus.cli._common import add_json_option, argument_type, emit_json
 from narcissus.core.advice import LINUX_RESERVED_KEY, SYSCTL_D_FILE
 from narcissus.core.ports import OS_LABELS, PortRange, parse_os_name, parse_port_range
-from narcissus.errors import InputError
 from narcissus.reserve import ReserveResult, reserve_ports
 
 SUMMARY = "reserve ports so no client is ever handed them (net.ipv4.ip_local_reserved_ports)"
@@ -34,24 +33,14 @@ exit status: 0 done, 2 bad input, 3 not permitted here (not root).
 
 
 def _port_range(text: str) -> PortRange:
-    try:
-        return parse_port_range(text, what="port or range")
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _os_name(text: str) -> str:
-    try:
-        return parse_os_name(text)
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return parse_port_range(text, what="port or range")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "ports",
         nargs="+",
-        type=_port_range,
+        type=argument_type(_port_range),
         metavar="PORT|LOW-HIGH",
         help="ports to reserve: 50000, or a range such as 40000-40100",
     )
@@ -71,7 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--os",
         dest="os_name",
-        type=_os_name,
+        type=argument_type(parse_os_name),
         metavar="OS",
         help="print the commands for another OS (linux, windows, macos, freebsd, openbsd) "
         "instead of changing this host",
