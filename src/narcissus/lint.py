@@ -116,7 +116,11 @@ def _walk(
     pending = [root]
     while pending:
         directory = pending.pop()
-        info = os.stat(directory)
+        try:
+            info = os.stat(directory)
+        except OSError as exc:  # removed while we walked
+            skipped.append(Skipped(directory, f"cannot read: {exc.strerror}"))
+            continue
         key = (info.st_dev, info.st_ino)
         if key in visited:
             first = visited[key]
