@@ -19,9 +19,10 @@ listening there can then never be reached by a client that connected to itself.
 Linux: adds the ports to {LINUX_RESERVED_KEY} of this network namespace, merged with
 the ports already there (needs root). --persist also writes them to
 {SYSCTL_D_FILE} (merged with what that file lists), so a reboot
-keeps them. --dry-run shows what would change and changes nothing. On other OSes, or with --os, it prints the equivalent commands to run
-there (Windows: netsh int ipv4 add excludedportrange; macOS and the BSDs can only move the
-start of the range).
+keeps them. --dry-run shows what would change and changes nothing.
+
+Other OSes, or --os: prints the equivalent commands to run there (Windows: netsh int ipv4 add
+excludedportrange; macOS and the BSDs can only move the start of the range).
 
 examples:
   narcissus reserve 50000 6379 40000-40100
