@@ -5,6 +5,8 @@
 Port knowledge:  ephemeral_ports(), ephemeral_range(), reserved_ports(), classify_port(port)
 Diagnosis:       scan(netns=None, every=False, kill=False) -> list[ScanReport]
 Prevention:      install(retries=0), uninstall(), guarded(retries=0), is_self_connected(sock)
+                 free_port(portable=False, hold=False), release_port(port), claimed_port(),
+                 reserve_ports(ports, persist=False, dry_run=False), lint_paths(paths, os_names=)
 Errors:          SelfConnectError (a ConnectionRefusedError), InputError, UnsupportedError
 """
 
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
     from narcissus.guard import guarded, install, uninstall
     from narcissus.guard.check import is_self_connected
     from narcissus.host import classify_port, ephemeral_ports, ephemeral_range, reserved_ports
+    from narcissus.lint import lint_paths
+    from narcissus.ports import claimed_port, free_port, release_port
+    from narcissus.reserve import reserve_ports
     from narcissus.scan import scan_namespaces as scan
 
 # public name -> (module, attribute), imported on first access
@@ -31,6 +36,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "uninstall": ("narcissus.guard", "uninstall"),
     "guarded": ("narcissus.guard", "guarded"),
     "is_self_connected": ("narcissus.guard.check", "is_self_connected"),
+    "free_port": ("narcissus.ports", "free_port"),
+    "release_port": ("narcissus.ports", "release_port"),
+    "claimed_port": ("narcissus.ports", "claimed_port"),
+    "reserve_ports": ("narcissus.reserve", "reserve_ports"),
+    "lint_paths": ("narcissus.lint", "lint_paths"),
 }
 
 __all__ = [
@@ -39,12 +49,17 @@ __all__ = [
     "SelfConnectError",
     "UnsupportedError",
     "__version__",
+    "claimed_port",
     "classify_port",
     "ephemeral_ports",
     "ephemeral_range",
+    "free_port",
     "guarded",
     "install",
     "is_self_connected",
+    "lint_paths",
+    "release_port",
+    "reserve_ports",
     "reserved_ports",
     "scan",
     "uninstall",

@@ -6,16 +6,19 @@ installed, so it imports nothing heavy until an option turns something on).
   SelfConnectError, a ConnectionRefusedError that says what happened and how to fix it, instead
   of reading back its own bytes; the terminal summary lists every self-connect prevented and
   the test it happened in (a client that retried past it may have passed).
+- `free_port` fixture: a TCP port free for this test, outside the ephemeral range (so a client
+  retrying it cannot connect to itself) and claimed across processes, so pytest-xdist workers
+  and other test runs never get the same one; released when the test ends.
 """
 
 from __future__ import annotations
+
+from collections.abc import Generator, Iterator
 
 import pytest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Generator
-
     from narcissus.core.selfconnect import SelfConnectEvent
 
 # ---------------------------------------------------------------- options
@@ -88,3 +91,15 @@ class GuardSession:
             )
         ports = " ".join(f"--port {port}" for port in sorted({e.port for _, e in self.prevented}))
         terminalreporter.write_line(f"fix for good: narcissus doctor {ports}")
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def free_port() -> Iterator[int]:
+    """A free TCP port outside the ephemeral range, claimed for this test only."""
+    from narcissus.ports import claimed_port
+
+    with claimed_port() as port:
+        yield port

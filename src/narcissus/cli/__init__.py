@@ -45,6 +45,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "narcissus.cli.run",
         "run a command with the self-connect guard in every Python process it starts",
     ),
+    "lint": (
+        "narcissus.cli.lint",
+        "find ports inside the ephemeral range in configuration and code (CI, pre-commit)",
+    ),
+    "reserve": (
+        "narcissus.cli.reserve",
+        "reserve ports so no client is ever handed them (net.ipv4.ip_local_reserved_ports)",
+    ),
+    "port": (
+        "narcissus.cli.port",
+        "print a free port that no client can self-connect to (for scripts and tests)",
+    ),
 }
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -11,20 +11,33 @@ from narcissus.errors import InputError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable
+    from typing import Any, TypeVar
 
     from rich.console import Console
     from rich.table import Table
+
+    _T = TypeVar("_T")
+
+
+def argument_type(parse: Callable[[str], _T]) -> Callable[[str], _T]:
+    """An argparse type from a library parser: its InputError message becomes argparse's
+    one-line error."""
+
+    def convert(text: str) -> _T:
+        try:
+            return parse(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return convert
 
 
 def port_arg(text: str) -> int:
     """argparse type: a TCP port 1-65535, with the library's one-line message when it is not."""
     from narcissus.core.ports import parse_port
 
-    try:
-        return parse_port(text)
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return argument_type(parse_port)(text)
 
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:

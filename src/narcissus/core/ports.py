@@ -41,6 +41,25 @@ OS_LABELS: dict[str, str] = {
     "windows": "Windows",
 }
 
+# The names people type for an OS (`--os macos`) -> its key in DEFAULT_RANGES.
+OS_NAMES: dict[str, str] = {
+    "linux": "linux",
+    "windows": "windows",
+    "macos": "darwin",
+    "darwin": "darwin",
+    "freebsd": "freebsd",
+    "openbsd": "openbsd",
+}
+
+
+def parse_os_name(text: str) -> str:
+    """A user-given OS name (`macos`, `Windows`) -> its DEFAULT_RANGES key."""
+    key = OS_NAMES.get(text.strip().lower())
+    if key is None:
+        known = ", ".join(name for name in OS_NAMES if name != "darwin")
+        raise InputError(f"unknown OS {text.strip()!r}: choose from {known}")
+    return key
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class PortRange:

@@ -1,7 +1,8 @@
 """One API over per-OS modules, as psutil does: this module picks the OS module once and every
 public function delegates to it. Each OS module offers the same names: `os_description()`,
 `ephemeral_ports(netns)`, `namespaces(spec, every=)`, `scan(netns)`, `listening_sockets(netns)`,
-`destroy(sockets, netns)`, and `BACKEND`. A new OS is one new module with those functions.
+`destroy(sockets, netns)`, `process_start_time(pid)`, and `BACKEND`. A new OS is one new module
+with those functions.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ namespaces = _os_module.namespaces
 scan = _os_module.scan
 listening_sockets = _os_module.listening_sockets
 destroy = _os_module.destroy
+process_start_time = _os_module.process_start_time
 
 __all__ = [
     "BACKEND",
@@ -36,5 +38,6 @@ __all__ = [
     "listening_sockets",
     "namespaces",
     "os_description",
+    "process_start_time",
     "scan",
 ]

@@ -3,8 +3,10 @@ and a single pseudo-namespace (only Linux has network namespaces we can enter)."
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
+import sys
 from collections.abc import Callable
 
 from narcissus.core.ports import DEFAULT_RANGES, EphemeralPorts, PortRange, PortSet
@@ -63,6 +65,32 @@ def namespaces(spec: str | None = None, *, every: bool = False) -> list[Netns]:
     if spec is not None:
         raise InputError("--netns works only on Linux: this OS has no network namespaces")
     return [HOST]
+
+
+def process_start_time(pid: int) -> int | None:
+    """When `pid` started (psutil's create time in ms), None when no such process runs, and 0
+    when it runs but its start time cannot be read (no psutil)."""
+    try:
+        import psutil
+    except ImportError:
+        if sys.platform == "win32":
+            return 0  # os.kill would terminate it: assume it lives
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # it runs, as another user
+        return 0
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return int(process.create_time() * 1000)
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error:
+        return 0
 
 
 def _state(name: str) -> TcpState:

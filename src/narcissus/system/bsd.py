@@ -14,6 +14,7 @@ from narcissus.system._portable import (
     listening_sockets,
     namespaces,
     os_description,
+    process_start_time,
     run_text,
     scan,
     settings_or_default,
@@ -26,6 +27,7 @@ __all__ = [
     "listening_sockets",
     "namespaces",
     "os_description",
+    "process_start_time",
     "scan",
 ]
 

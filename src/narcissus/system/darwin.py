@@ -11,6 +11,7 @@ from narcissus.system._portable import (
     listening_sockets,
     namespaces,
     os_description,
+    process_start_time,
     run_text,
     scan,
     settings_or_default,
@@ -23,6 +24,7 @@ __all__ = [
     "listening_sockets",
     "namespaces",
     "os_description",
+    "process_start_time",
     "scan",
 ]
 

@@ -11,6 +11,7 @@ from narcissus.system._portable import (
     listening_sockets,
     namespaces,
     os_description,
+    process_start_time,
     scan,
 )
 
@@ -21,6 +22,7 @@ __all__ = [
     "listening_sockets",
     "namespaces",
     "os_description",
+    "process_start_time",
     "scan",
 ]
 

@@ -21,7 +21,7 @@ from narcissus.core.sockets import (
 )
 from narcissus.system.linux import netns as _netns
 from narcissus.system.linux.netns import Netns
-from narcissus.system.linux.procfs import find_owners
+from narcissus.system.linux.procfs import find_owners, process_start_time
 from narcissus.system.linux.sockdiag import SockDiag
 
 TYPE_CHECKING = False
@@ -42,6 +42,7 @@ __all__ = [
     "listening_sockets",
     "namespaces",
     "os_description",
+    "process_start_time",
     "scan",
 ]
 

@@ -39,6 +39,22 @@ def process_name(pid: int) -> str:
         return "?"
 
 
+def process_start_time(pid: int) -> int | None:
+    """When `pid` started, in clock ticks after boot (field 22 of /proc/<pid>/stat), or None when
+    no such process runs; a zombie counts as gone. Together with the pid it names one process
+    even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count fields after the last ")".
+    fields = data[data.rfind(b")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
 def _pids_fewest_descriptors_first() -> list[int]:
     sized: list[tuple[int, int]] = []
     with os.scandir("/proc") as entries:

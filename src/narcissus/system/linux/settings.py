@@ -27,6 +27,16 @@ def _read(path: str) -> str:
         return handle.read()
 
 
+def write_reserved_ports(ports: PortSet) -> None:
+    """Set the reserved ports of the current network namespace (root; replaces the list)."""
+    with open(RESERVED_PORTS_FILE, "w", encoding="ascii") as handle:
+        handle.write(f"{ports}\n")
+
+
+def can_write_reserved_ports() -> bool:
+    return os.access(RESERVED_PORTS_FILE, os.W_OK)
+
+
 def kernel_release() -> str:
     return os.uname().release
 

@@ -1,0 +1,144 @@
+"""`narcissus reserve`: reserve ports so that no client is ever handed them as a source port."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from narcissus.cli import EXIT_OK
+from narcissus.cli._common import add_json_option, argument_type, emit_json
+from narcissus.core.advice import LINUX_RESERVED_KEY, SYSCTL_D_FILE
+from narcissus.core.ports import OS_LABELS, PortRange, parse_os_name, parse_port_range
+from narcissus.reserve import ReserveResult, reserve_ports
+
+SUMMARY = "reserve ports so no client is ever handed them (net.ipv4.ip_local_reserved_ports)"
+DESCRIPTION = f"""\
+Reserve ports so that no unbound connect() is ever handed them as its source port: a server
+listening there can then never be reached by a client that connected to itself.
+
+Linux: adds the ports to {LINUX_RESERVED_KEY} of this network namespace, merged with
+the ports already there (needs root). --persist also writes them to
+{SYSCTL_D_FILE} (merged with what that file lists), so a reboot
+keeps them. --dry-run shows what would change and changes nothing.
+
+Other OSes, or --os: prints the equivalent commands to run there (Windows: netsh int ipv4 add
+excludedportrange; macOS and the BSDs can only move the start of the range).
+
+examples:
+  narcissus reserve 50000 6379 40000-40100
+  narcissus reserve --persist --dry-run 50000
+  narcissus reserve --os windows 50000
+
+exit status: 0 done, 2 bad input, 3 not permitted here (not root).
+"""
+
+
+def _port_range(text: str) -> PortRange:
+    return parse_port_range(text, what="port or range")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "ports",
+        nargs="+",
+        type=argument_type(_port_range),
+        metavar="PORT|LOW-HIGH",
+        help="ports to reserve: 50000, or a range such as 40000-40100",
+    )
+    parser.add_argument(
+        "--persist",
+        action="store_true",
+        help=f"also write them to a sysctl.d file (default {SYSCTL_D_FILE}) for after a reboot",
+    )
+    parser.add_argument(
+        "--sysctl-file",
+        metavar="PATH",
+        help="the file --persist writes (implies --persist)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="show what would change; change nothing"
+    )
+    parser.add_argument(
+        "--os",
+        dest="os_name",
+        type=argument_type(parse_os_name),
+        metavar="OS",
+        help="print the commands for another OS (linux, windows, macos, freebsd, openbsd) "
+        "instead of changing this host",
+    )
+    add_json_option(parser)
+
+
+def run(options: argparse.Namespace) -> int:
+    result = reserve_ports(
+        options.ports,
+        persist=options.persist or options.sysctl_file is not None,
+        sysctl_file=options.sysctl_file or SYSCTL_D_FILE,
+        dry_run=options.dry_run,
+        os_name=options.os_name,
+    )
+    if options.as_json:
+        emit_json(reserve_json(result))
+    else:
+        _render(result)
+    return EXIT_OK
+
+
+def reserve_json(result: ReserveResult) -> dict[str, Any]:
+    reservation = result.reservation
+    return {
+        "os": result.os,
+        "on_this_host": result.on_this_host,
+        "requested": str(reservation.requested),
+        "before": str(reservation.before),
+        "after": str(reservation.after),
+        "added": str(reservation.added),
+        "outside_range": str(reservation.outside_range),
+        "ephemeral_range": reservation.settings.range.as_list(),
+        "applied": result.applied,
+        "changed": result.changed and result.applied,
+        "dry_run": result.dry_run,
+        "commands": list(reservation.fix.commands),
+        "persist_file": result.persist_file,
+        "persist_text": result.persist_text,
+        "persisted": result.applied and result.persist_file is not None,
+    }
+
+
+def _render(result: ReserveResult) -> None:
+    from narcissus.cli._common import console
+
+    out = console()
+    reservation = result.reservation
+    label = OS_LABELS.get(result.os, result.os)
+    if not result.on_this_host:
+        out.print(f"To reserve {reservation.requested} on {label}, run there (as administrator):")
+        for command in reservation.fix.commands:
+            out.print(f"  {command}", markup=False)
+        fix = reservation.fix
+        if fix.persist_file and fix.persist_line:
+            out.print(f"  keep it after reboot, in {fix.persist_file}:", markup=False)
+            out.print(f"    {fix.persist_line}", markup=False)
+        out.print(f"  {fix.alternative}", markup=False)
+        return
+    verb = "would set" if result.dry_run else "set"
+    if not result.changed:
+        out.print(f"{LINUX_RESERVED_KEY} already holds {reservation.requested}: nothing to change")
+    else:
+        out.print(f"{LINUX_RESERVED_KEY}: {verb} {reservation.after}", markup=False)
+        out.print(f"  before  {reservation.before or 'none'}", markup=False)
+        out.print(f"  added   {reservation.added}", markup=False)
+    if reservation.outside_range:
+        out.print(
+            f"  note: outside the ephemeral range {reservation.settings.range}, where no client "
+            f"is handed them anyway (reserved all the same, in case the range grows): "
+            f"{reservation.outside_range}",
+            markup=False,
+        )
+    if result.persist_file and result.persist_text:
+        written = "would write" if result.dry_run else "wrote"
+        out.print(f"{written} {result.persist_file}:", markup=False)
+        for line in result.persist_text.splitlines():
+            out.print(f"  {line}", markup=False)
+    if result.dry_run:
+        out.print("dry run: nothing was changed")

@@ -1,0 +1,159 @@
+"""Findings as SARIF 2.1.0 (code scanning) and as GitHub Actions workflow commands.
+
+Rules: pure; values in, a JSON-ready dict or text lines out (the CLI serializes). Columns in
+SARIF are declared `unicodeCodePoints`, which is what the findings count (SARIF's default is
+UTF-16 code units). Paths become relative URIs against `%SRCROOT%`, the directory lint ran in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import PurePath
+from typing import Any
+from urllib.parse import quote
+
+from narcissus.core.lint.model import Finding
+
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+SARIF_VERSION = "2.1.0"
+RULE_ID = "ephemeral-port"
+INFORMATION_URI = "https://github.com/narcissus-dev/narcissus#readme"
+SRCROOT = "%SRCROOT%"
+
+_RULE: dict[str, Any] = {
+    "id": RULE_ID,
+    "name": "PortInsideEphemeralRange",
+    "shortDescription": {"text": "Port inside an OS's default ephemeral port range"},
+    "fullDescription": {
+        "text": "A server port inside the ephemeral range can be handed to a client that "
+        "retries it while nothing listens there: TCP simultaneous open then connects the "
+        "client to itself, it reads back its own bytes, and the real server cannot bind."
+    },
+    "help": {
+        "text": "Move the port below the ephemeral range of every OS it runs on (below 32768 "
+        "for Linux, Windows and macOS; `narcissus port --portable` prints a free one), or "
+        "reserve it on every host: `narcissus reserve PORT` (Linux "
+        "net.ipv4.ip_local_reserved_ports, Windows excludedportrange)."
+    },
+    "defaultConfiguration": {"level": "warning"},
+    "properties": {"tags": ["reliability", "networking"]},
+}
+
+
+def artifact_uri(path: str) -> str:
+    """A relative or file: URI for a path as lint printed it."""
+    posix = PurePath(path).as_posix()
+    if PurePath(path).is_absolute():
+        return "file://" + quote(posix, safe="/:")
+    return quote(posix, safe="/")
+
+
+def _region(finding: Finding) -> dict[str, int]:
+    return {
+        "startLine": finding.line,
+        "startColumn": finding.column,
+        "endColumn": finding.end_column,
+    }
+
+
+def sarif_log(
+    findings: Iterable[Finding],
+    *,
+    tool_version: str,
+    root_uri: str,
+    notes: Iterable[tuple[str, str]] = (),
+) -> dict[str, Any]:
+    """The SARIF log of one run. `root_uri` is the file: URI of the directory paths are relative
+    to (ending in "/"); `notes` are (path, text) pairs about files not fully read."""
+    results = [
+        {
+            "ruleId": RULE_ID,
+            "ruleIndex": 0,
+            "level": "warning",
+            "message": {"text": f"{finding.message}. Fix: {finding.fix}."},
+            "locations": [
+                {
+                    "physicalLocation": {
+                        "artifactLocation": {
+                            "uri": artifact_uri(finding.path),
+                            "uriBaseId": SRCROOT,
+                        },
+                        "region": _region(finding),
+                    }
+                }
+            ],
+            "properties": {
+                "port": finding.port,
+                "lastPort": finding.last,
+                "kind": finding.kind,
+                "ranges": [
+                    {"os": t.os, "low": t.range.low, "high": t.range.high} for t in finding.ranges
+                ],
+                "fix": finding.fix,
+            },
+        }
+        for finding in findings
+    ]
+    notifications = [
+        {
+            "level": "note",
+            "message": {"text": text},
+            "locations": [
+                {
+                    "physicalLocation": {
+                        "artifactLocation": {"uri": artifact_uri(path), "uriBaseId": SRCROOT}
+                    }
+                }
+            ],
+        }
+        for path, text in notes
+    ]
+    return {
+        "$schema": SARIF_SCHEMA,
+        "version": SARIF_VERSION,
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "narcissus",
+                        "version": tool_version,
+                        "informationUri": INFORMATION_URI,
+                        "rules": [_RULE],
+                    }
+                },
+                "originalUriBaseIds": {SRCROOT: {"uri": root_uri}},
+                "columnKind": "unicodeCodePoints",
+                "invocations": [
+                    {"executionSuccessful": True, "toolExecutionNotifications": notifications}
+                ],
+                "results": results,
+            }
+        ],
+    }
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def github_commands(findings: Iterable[Finding]) -> list[str]:
+    """One `::warning` workflow command per finding: annotations on the pull request."""
+    lines = []
+    for finding in findings:
+        properties = ",".join(
+            [
+                f"file={_escape_property(finding.path)}",
+                f"line={finding.line}",
+                f"col={finding.column}",
+                f"endColumn={finding.end_column}",
+                f"title={_escape_property(f'narcissus: port {finding.port} is ephemeral')}",
+            ]
+        )
+        lines.append(
+            f"::warning {properties}::{_escape_data(f'{finding.message}. Fix: {finding.fix}.')}"
+        )
+    return lines

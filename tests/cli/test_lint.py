@@ -1,0 +1,251 @@
+"""`narcissus lint` run as a user, CI or pre-commit runs it: file walking, formats, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.support import assert_one_line_error, run_cli
+
+ROOT = Path(__file__).parent.parent.parent
+SAMPLES = ROOT / "tests" / "data" / "lint"
+SARIF_SCHEMA = ROOT / "tests" / "data" / "sarif" / "sarif-schema-2.1.0.json"
+REQUIRED_KEYS = {"path", "line", "column", "port", "ranges", "message"}
+
+
+def lint(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "narcissus", "lint", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def sample_count() -> int:
+    """How many ports at risk the samples hold (see tests/data/lint/README.md)."""
+    from tests.core.test_lint import expected
+
+    return sum(len(expected(p.read_text())) for p in SAMPLES.iterdir() if p.name != "README.md")
+
+
+def test_findings_exit_1_and_json_lists_them() -> None:
+    done = lint("--format", "json", str(SAMPLES))
+    assert done.returncode == 1, done.stderr
+    findings = json.loads(done.stdout)
+    assert isinstance(findings, list) and len(findings) == sample_count()
+    for finding in findings:
+        assert set(finding) >= REQUIRED_KEYS
+        assert finding["path"].startswith(str(SAMPLES))
+        assert all(r["range"][0] <= finding["port"] <= r["range"][1] for r in finding["ranges"])
+    assert lint("--json", str(SAMPLES)).stdout == done.stdout
+
+
+def test_clean_files_exit_0(tmp_path: Path) -> None:
+    (tmp_path / "app.yaml").write_text("port: 6379\ntimeout: 50000\n")
+    done = lint(str(tmp_path))
+    assert done.returncode == 0, done.stdout
+    assert "No port inside an ephemeral range in 1 file(s)" in done.stdout
+    assert json.loads(lint("--format", "json", str(tmp_path)).stdout) == []
+
+
+def test_text_output_names_place_ranges_and_fix(tmp_path: Path) -> None:
+    (tmp_path / "redis.conf").write_text("port 50000\n")
+    done = lint("redis.conf", cwd=tmp_path)
+    assert done.returncode == 1
+    first, fix, summary = done.stdout.splitlines()
+    assert first.startswith("redis.conf:1:6: port 50000 (directive port) is inside")
+    assert fix.startswith("  fix: use a port below 32768")
+    assert summary.startswith("1 port(s) inside an ephemeral range in 1 of 1 file(s)")
+
+
+def test_os_selection(tmp_path: Path) -> None:
+    (tmp_path / "a.env").write_text("PORT=20000\n")
+    assert lint("--os", "linux,windows,macos", str(tmp_path)).returncode == 0
+    done = lint("--os", "freebsd", "--format", "json", str(tmp_path))
+    assert done.returncode == 1
+    [finding] = json.loads(done.stdout)
+    assert finding["ranges"] == [{"os": "freebsd", "label": "FreeBSD", "range": [10000, 65535]}]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("/nonexistent/narcissus",), "cannot read '/nonexistent/narcissus'"),
+        (("--os", "linux,plan9", "."), "unknown OS 'plan9'"),
+        (("--os", ",", "."), "--os takes a comma-separated list"),
+        (("--format", "xml", "."), "invalid choice: 'xml'"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_2(args: tuple[str, ...], fragment: str) -> None:
+    assert_one_line_error(run_cli("lint", *args), fragment)
+
+
+# ---------------------------------------------------------------- SARIF and GitHub
+
+
+def validate_sarif(log: object) -> None:
+    schema = json.loads(SARIF_SCHEMA.read_text())
+    validator = jsonschema.Draft4Validator(schema, format_checker=jsonschema.FormatChecker())
+    errors = sorted(validator.iter_errors(log), key=str)
+    assert not errors, "\n".join(str(e.message) for e in errors[:5])
+
+
+def test_sarif_validates_against_the_official_schema(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLES, tmp_path / "my samples")  # a space: URIs must be encoded
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01port: 50000\n")
+    done = lint("--format", "sarif", ".", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    log = json.loads(done.stdout)
+    validate_sarif(log)
+    [run] = log["runs"]
+    assert run["columnKind"] == "unicodeCodePoints"
+    assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == tmp_path.as_uri() + "/"
+    assert len(run["results"]) == sample_count()
+    result = next(r for r in run["results"] if "redis.conf" in json.dumps(r))
+    location = result["locations"][0]["physicalLocation"]
+    assert location["artifactLocation"]["uri"] == "my%20samples/redis.conf"
+    assert location["region"] == {"startLine": 3, "startColumn": 6, "endColumn": 11}
+    assert result["ruleId"] == run["tool"]["driver"]["rules"][0]["id"]
+    [note] = run["invocations"][0]["toolExecutionNotifications"]
+    assert note["message"]["text"] == "skipped: binary"
+
+
+def test_sarif_without_findings_is_valid_too(tmp_path: Path) -> None:
+    (tmp_path / "ok.toml").write_text("port = 8080\n")
+    done = lint("--format", "sarif", str(tmp_path))
+    assert done.returncode == 0
+    log = json.loads(done.stdout)
+    validate_sarif(log)
+    assert log["runs"][0]["results"] == []
+
+
+def test_github_format_prints_workflow_commands(tmp_path: Path) -> None:
+    (tmp_path / "a,b.env").write_text("REDIS_URL=redis://cache:50000\n")
+    done = lint("--format", "github", "a,b.env", cwd=tmp_path)
+    assert done.returncode == 1
+    [line] = done.stdout.splitlines()
+    assert line.startswith(
+        "::warning file=a%2Cb.env,line=1,col=25,endColumn=30,title=narcissus%3A port 50000"
+    )
+    assert "::port 50000 (URL redis://cache:50000) is inside" in line
+
+
+# ---------------------------------------------------------------- walking the tree
+
+
+def test_walk_skips_what_it_must_and_never_hangs(tmp_path: Path) -> None:
+    tree = tmp_path / "repo"
+    (tree / "conf").mkdir(parents=True)
+    (tree / "conf" / "app.env").write_text("PORT=50000\n")
+    (tree / "conf" / "loop").symlink_to("..")  # a directory loop
+    (tree / "self").symlink_to("self")  # a symlink to itself
+    (tree / "dangling").symlink_to("nowhere")
+    (tree / "blob.bin").write_bytes(b"PK\x00\x00 PORT=50001\n")
+    (tree / "huge.env").write_text("PORT=50002\n" + "#" * (3 * 1024 * 1024))
+    os.mkfifo(tree / "pipe.env")  # reading it would block
+    for hidden in (".git", "node_modules", ".venv"):
+        (tree / hidden).mkdir()
+        (tree / hidden / "x.env").write_text("PORT=50003\n")
+    outside = tmp_path / "shared"
+    outside.mkdir()
+    (outside / "db.env").write_text("DB_PORT=50004\n")
+    (tree / "shared").symlink_to(outside)  # a symlinked directory is followed
+
+    done = lint("--format", "json", str(tree))
+    assert done.returncode == 1, done.stderr
+    found = sorted(
+        (Path(f["path"]).relative_to(tree).as_posix(), f["port"]) for f in json.loads(done.stdout)
+    )
+    assert found == [("conf/app.env", 50000), ("shared/db.env", 50004)]
+
+    text = lint(str(tree)).stdout
+    for reason in (
+        "conf/loop: symlink loop back to",
+        "self: symlink loop",
+        "dangling: broken symlink",
+        "blob.bin: binary",
+        "huge.env: too large (3.0 MiB > 2 MiB)",
+    ):
+        assert reason in text, (reason, text)
+
+
+def test_explicit_files_are_read_even_in_skipped_directories(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "hooks.env").write_text("PORT=50000\n")
+    assert lint(str(tmp_path)).returncode == 0
+    assert lint(str(tmp_path / ".git" / "hooks.env")).returncode == 1
+
+
+def test_exclude(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "fixture.env").write_text("PORT=50000\n")
+    (tmp_path / "app.env").write_text("PORT=50001\n")
+    done = lint("--exclude", "*/tests", "--exclude", "*.bak", "--json", str(tmp_path))
+    assert [f["port"] for f in json.loads(done.stdout)] == [50001]
+
+
+def test_nothing_read_is_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "executed"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\nPORT = 50000\n")
+    (tmp_path / "evil.yaml").write_text(
+        f"run: !!python/object/apply:os.system ['touch {marker}']\nport: 50001\n"
+    )
+    (tmp_path / "evil.sh").write_text(f"#!/bin/sh\ntouch {marker}\n--port 50002\n")
+    (tmp_path / "evil.sh").chmod(0o755)
+    done = lint("--json", str(tmp_path))
+    assert sorted(f["port"] for f in json.loads(done.stdout)) == [50000, 50001, 50002]
+    assert not marker.exists()
+
+
+def test_without_pyyaml_yaml_is_read_line_by_line(tmp_path: Path) -> None:
+    (tmp_path / "docker-compose.yml").write_text("services:\n  db:\n    ports: ['50000:5432']\n")
+    code = (
+        "import sys; sys.modules['yaml'] = None; sys.argv = ['narcissus', 'lint', sys.argv[1]]; "
+        "from narcissus.cli import main; sys.exit(main())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "PyYAML is not installed (pip install 'narcissus[lint]')" in done.stdout
+    assert "docker-compose.yml:3:14: port 50000" in done.stdout  # the 5 is the 14th char
+
+
+# ---------------------------------------------------------------- pre-commit
+
+
+def test_pre_commit_hook_runs_lint_on_the_files_it_is_given(tmp_path: Path) -> None:
+    [hook] = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    assert hook["id"] == "narcissus-lint"
+    assert hook["language"] == "python"
+    assert any(dep.lower().startswith("pyyaml") for dep in hook["additional_dependencies"])
+    entry = hook["entry"].split()
+    assert entry[0] == "narcissus"
+    (tmp_path / "a.env").write_text("PORT=50000\n")
+    (tmp_path / "b.env").write_text("PORT=6379\n")
+    script = shutil.which("narcissus", path=str(Path(sys.executable).parent))
+    assert script is not None
+    command = [script, *entry[1:]]
+    done = subprocess.run(
+        [*command, "a.env", "b.env"], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert done.returncode == 1 and "a.env:1:6: port 50000" in done.stdout
+    clean = subprocess.run(
+        [*command, "b.env"], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert clean.returncode == 0

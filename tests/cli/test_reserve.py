@@ -1,0 +1,127 @@
+"""`narcissus reserve`, always inside a private namespace: the host's reserved ports and its /etc
+are never touched (--persist writes to --sysctl-file in the test's temp dir)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import PrivateNetns, assert_one_line_error, run_cli
+
+HOST_RESERVED = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+
+
+def reserved_in(netns: PrivateNetns) -> str:
+    done = subprocess.run(
+        netns.wrap(["cat", str(HOST_RESERVED)]), capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def host_untouched() -> object:
+    before = HOST_RESERVED.read_text()
+    yield
+    assert HOST_RESERVED.read_text() == before
+
+
+@pytest.mark.usefixtures("host_untouched")
+def test_merges_with_the_ports_already_reserved(netns: PrivateNetns) -> None:
+    netns.reserve("8080")
+    done = run_cli("reserve", "50000", "40000-40010", "--json", netns=netns)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["before"] == "8080"
+    assert report["after"] == "8080,40000-40010,50000"
+    assert report["added"] == "40000-40010,50000"
+    assert report["applied"] and report["changed"] and not report["dry_run"]
+    assert reserved_in(netns) == "8080,40000-40010,50000"
+    again = json.loads(run_cli("reserve", "50000", "--json", netns=netns).stdout)
+    assert again["applied"] and not again["changed"] and again["added"] == ""
+
+
+@pytest.mark.usefixtures("host_untouched")
+def test_dry_run_changes_nothing(netns: PrivateNetns, tmp_path: Path) -> None:
+    netns.reserve("8080")
+    target = tmp_path / "reserved.conf"
+    done = run_cli("reserve", "50000", "--dry-run", "--sysctl-file", str(target), netns=netns)
+    assert done.returncode == 0, done.stderr
+    assert "would set 8080,50000" in done.stdout and "nothing was changed" in done.stdout
+    assert f"would write {target}" in done.stdout
+    assert reserved_in(netns) == "8080"
+    assert not target.exists()
+
+
+@pytest.mark.usefixtures("host_untouched")
+def test_persist_merges_into_the_sysctl_file_and_keeps_its_other_lines(
+    netns: PrivateNetns, tmp_path: Path
+) -> None:
+    target = tmp_path / "90-narcissus.conf"
+    target.write_text("net.core.somaxconn = 4096\nnet.ipv4.ip_local_reserved_ports = 10250\n")
+    done = run_cli("reserve", "50000", "--persist", "--sysctl-file", str(target), netns=netns)
+    assert done.returncode == 0, done.stderr
+    assert target.read_text() == (
+        "net.core.somaxconn = 4096\nnet.ipv4.ip_local_reserved_ports = 10250,50000\n"
+    )
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert reserved_in(netns) == "50000"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no temporary left
+
+
+@pytest.mark.usefixtures("host_untouched")
+def test_a_file_that_cannot_be_written_leaves_the_kernel_as_it_was(netns: PrivateNetns) -> None:
+    netns.reserve("8080")
+    # sysfs looks writable to root but refuses new files: the write fails after the kernel's.
+    done = run_cli("reserve", "50000", "--sysctl-file", "/sys/kernel/narcissus.conf", netns=netns)
+    assert done.returncode == 3, done.stderr
+    assert "left as they were" in done.stderr
+    assert reserved_in(netns) == "8080"
+    missing = run_cli("reserve", "50000", "--sysctl-file", "/nonexistent/x.conf", netns=netns)
+    assert_one_line_error(missing, "/nonexistent does not exist")
+    assert reserved_in(netns) == "8080"
+
+
+@pytest.mark.usefixtures("host_untouched")
+def test_without_root_it_says_so_and_exits_3(netns: PrivateNetns) -> None:
+    unprivileged = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    done = subprocess.run(
+        netns.wrap([*unprivileged, sys.executable, "-m", "narcissus", "reserve", "50000"]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert "needs root" in done.stderr and "Traceback" not in done.stderr
+    assert reserved_in(netns) == ""
+
+
+def test_other_oses_get_the_equivalent_command() -> None:
+    done = run_cli("reserve", "--os", "windows", "50000-50009", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["on_this_host"] is False and report["applied"] is False
+    assert report["commands"] == [
+        "netsh int ipv4 add excludedportrange protocol=tcp startport=50000 numberofports=10 "
+        "store=persistent"
+    ]
+    text = run_cli("reserve", "--os", "macos", "50000").stdout
+    assert "sysctl -w net.inet.ip.portrange.first=50001" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("70000",), "got 70000"),
+        (("50010-50000",), "starts after it ends"),
+        (("fifty",), "got 'fifty'"),
+        (("--os", "plan9", "50000"), "unknown OS 'plan9'"),
+        ((), "required: PORT|LOW-HIGH"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_2(args: tuple[str, ...], fragment: str) -> None:
+    assert_one_line_error(run_cli("reserve", *args), fragment)
