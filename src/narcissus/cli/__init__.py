@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "narcissus.cli.scan",
         "list TCP sockets connected to themselves (and their TIME_WAIT remnants)",
     ),
+    "odds": (
+        "narcissus.cli.odds",
+        "the odds and the time to a self-connect for a port, per OS allocator model",
+    ),
 }
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
