@@ -4,6 +4,7 @@
 
 Port knowledge:  ephemeral_ports(), ephemeral_range(), reserved_ports(), classify_port(port)
 Diagnosis:       scan(netns=None, every=False, kill=False) -> list[ScanReport]
+Odds:            estimate_odds(port, model=None, interval=0.2, ...) -> Estimate
 Errors:          SelfConnectError (a ConnectionRefusedError), InputError, UnsupportedError
 """
 
@@ -15,6 +16,7 @@ from narcissus.errors import InputError, NarcissusError, SelfConnectError, Unsup
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from narcissus.host import classify_port, ephemeral_ports, ephemeral_range, reserved_ports
+    from narcissus.odds import estimate as estimate_odds
     from narcissus.scan import scan_namespaces as scan
 
 # public name -> (module, attribute), imported on first access
@@ -24,6 +26,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "reserved_ports": ("narcissus.host", "reserved_ports"),
     "classify_port": ("narcissus.host", "classify_port"),
     "scan": ("narcissus.scan", "scan_namespaces"),
+    "estimate_odds": ("narcissus.odds", "estimate"),
 }
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "classify_port",
     "ephemeral_ports",
     "ephemeral_range",
+    "estimate_odds",
     "reserved_ports",
     "scan",
 ]
