@@ -24,8 +24,10 @@ the mean number of attempts, the expected self-connects per day across the clien
 advice. Exact closed forms where they exist; a Monte Carlo (numpy, pip install
 'narcissus[odds]') otherwise, with its number of trials and 99% intervals.
 
-The model, range and reserved ports default to this host's. Models: {", ".join(MODELS)}.
-Durations take us, ms, s, m, h or d (200ms, 1.5s, 1d).
+The model, range and reserved ports default to this host's. Models:
+{", ".join(MODELS)}.
+Durations take us, ms, s, m, h or d (200ms, 1.5s, 1d); a tight retry loop is about
+--interval 30us (one refused loopback connect).
 
 exit status: 0 the port cannot be hit within the horizon, 1 it can, 2 bad input,
 3 a Monte Carlo is needed but numpy is missing.
