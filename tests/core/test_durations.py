@@ -22,8 +22,8 @@ def test_parse_rejects(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(30e-6, "30us"), (0.2, "200ms"), (1.5, "1.5s"), (90, "90s"), (3300, "55m"), (7200, "2h"),
-     (86400, "1d"), (float("inf"), "never")],
+    [(30e-6, "30us"), (0.2, "200ms"), (1.5, "1.5s"), (90, "1.5m"), (60, "1m"), (3600, "1h"),
+     (3300, "55m"), (7200, "2h"), (86400, "1d"), (float("inf"), "never")],
 )  # fmt: skip
 def test_format(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text

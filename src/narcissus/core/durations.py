@@ -48,14 +48,14 @@ def _short(value: float) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """`0.0002` -> `200us`, `0.2` -> `200ms`, `90` -> `90s`, `3300` -> `55m`, `7200` -> `2h`."""
+    """`0.0002` -> `200us`, `0.2` -> `200ms`, `90` -> `1.5m`, `3300` -> `55m`, `7200` -> `2h`."""
     if math.isinf(seconds) or math.isnan(seconds):
         return "never"
     if seconds < 1e-3:
         return f"{_short(seconds * 1e6)}us"
     if seconds < 1:
         return f"{_short(seconds * 1e3)}ms"
-    for unit, size, limit in (("s", 1.0, 120), ("m", 60.0, 120), ("h", 3600.0, 24)):
+    for unit, size, limit in (("s", 1.0, 60), ("m", 60.0, 60), ("h", 3600.0, 24)):
         if seconds < size * limit:
             return f"{_short(seconds / size)}{unit}"
     return f"{_short(seconds / 86400)}d"
