@@ -7,6 +7,7 @@ Diagnosis:       scan(netns=None, every=False, kill=False) -> list[ScanReport]
 Prevention:      install(retries=0), uninstall(), guarded(retries=0), is_self_connected(sock)
                  free_port(portable=False, hold=False), release_port(port), claimed_port(),
                  reserve_ports(ports, persist=False, dry_run=False), lint_paths(paths, os_names=)
+Odds:            estimate_odds(port, model=None, interval=0.2, ...) -> Estimate
 Errors:          SelfConnectError (a ConnectionRefusedError), InputError, UnsupportedError
 """
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from narcissus.guard.check import is_self_connected
     from narcissus.host import classify_port, ephemeral_ports, ephemeral_range, reserved_ports
     from narcissus.lint import lint_paths
+    from narcissus.odds import estimate as estimate_odds
     from narcissus.ports import claimed_port, free_port, release_port
     from narcissus.reserve import reserve_ports
     from narcissus.scan import scan_namespaces as scan
@@ -41,6 +43,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "claimed_port": ("narcissus.ports", "claimed_port"),
     "reserve_ports": ("narcissus.reserve", "reserve_ports"),
     "lint_paths": ("narcissus.lint", "lint_paths"),
+    "estimate_odds": ("narcissus.odds", "estimate"),
 }
 
 __all__ = [
@@ -53,6 +56,7 @@ __all__ = [
     "classify_port",
     "ephemeral_ports",
     "ephemeral_range",
+    "estimate_odds",
     "free_port",
     "guarded",
     "install",

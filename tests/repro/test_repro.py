@@ -47,6 +47,8 @@ def test_natural_hits_an_even_port(netns: PrivateNetns) -> None:
     ports = report["source_ports"]
     assert ports["count"] == report["attempts"] and ports["even"] == ports["count"]  # type: ignore[index]
     assert "read the same" in str(report["proof"])
+    expected = report["expected"]  # the linux model for a 500-even-port range
+    assert expected["model"] == "linux" and 200 < expected["mean_attempts"] < 800  # type: ignore[index]
 
 
 @needs_root
@@ -57,6 +59,7 @@ def test_natural_never_hits_an_odd_port_while_even_ports_are_free(netns: Private
     assert report["attempts"] == 5000
     assert report["source_ports"]["even"] == 5000  # type: ignore[index]
     assert "practically never" in str(report["explanation"])
+    assert report["expected"] is None
 
 
 def test_natural_explains_a_port_outside_the_range() -> None:

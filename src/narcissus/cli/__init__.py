@@ -57,6 +57,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "narcissus.cli.port",
         "print a free port that no client can self-connect to (for scripts and tests)",
     ),
+    "odds": (
+        "narcissus.cli.odds",
+        "the odds and the time to a self-connect for a port, per OS allocator model",
+    ),
 }
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

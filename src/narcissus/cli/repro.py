@@ -138,6 +138,16 @@ def result_json(checked: Preflight, result: ReproResult) -> dict[str, Any]:
             "blockers": list(result.steer.blockers),
             "hit_chance": result.steer.hit_chance,
         },
+        "expected": None
+        if checked.expected is None
+        else {
+            "model": checked.expected.model,
+            "method": checked.expected.method,
+            "mean_attempts": round(checked.expected.mean_attempts),
+            "p99_attempts": round(checked.expected.p99_attempts),
+            "mean_seconds": round(checked.expected.mean_seconds, 3),
+            "p99_seconds": round(checked.expected.p99_seconds, 3),
+        },
         "port_status": checked.verdict.status.value,
         "explanation": checked.explanation,
         "stopped_because": result.stopped_because,
@@ -153,6 +163,13 @@ def _run_with_text(request: ReproRequest, checked: Preflight) -> ReproResult:
     where = f"{checked.target.address}:{request.port}"
     out.print(f"[bold]narcissus repro[/] {where}, mode {request.mode.value}")
     out.print(f"  {checked.explanation}")
+    if checked.expected is not None:
+        guess = checked.expected
+        out.print(
+            f"  expected: about {guess.mean_attempts:,.0f} attempts (99% within "
+            f"{guess.p99_attempts:,.0f}), ~{guess.mean_seconds:.1f} s at ~30 us per attempt "
+            f"(model {guess.model}, {guess.method})"
+        )
     show_bar = request.mode is Mode.NATURAL and checked.possible and sys.stderr.isatty()
     bar_context: Any = nullcontext(None)
     if show_bar:

@@ -7,6 +7,7 @@ it holds on every exit path.
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 from collections.abc import Callable
@@ -20,16 +21,57 @@ from narcissus.repro.target import Target, resolve_target
 __all__ = ["Mode", "Preflight", "ReproRequest", "ReproResult", "preflight", "reproduce"]
 
 
+ATTEMPT_SECONDS = 30e-6  # a refused loopback connect (shared FACTS), for the estimate
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """How long natural mode should take, from the allocator model of this host (`narcissus
+    odds`): attempts and seconds at ATTEMPT_SECONDS per attempt."""
+
+    model: str
+    method: str
+    mean_attempts: float
+    p99_attempts: float
+    mean_seconds: float
+    p99_seconds: float
+
+
 @dataclass(frozen=True, slots=True)
 class Preflight:
-    """What is known before the first attempt: the target, the port's standing, and why a
-    mode can or cannot hit it."""
+    """What is known before the first attempt: the target, the port's standing, why a mode can
+    or cannot hit it, and (natural mode) how long it should take."""
 
     target: Target
     settings: EphemeralPorts
     verdict: PortClass
     explanation: str
     possible: bool
+    expected: Expected | None = None
+
+
+def expected_natural(port: int) -> Expected | None:
+    """The odds model's estimate for a tight loop at `port` (None when it is never hit). Uses
+    a small Monte Carlo (numpy, the `odds` extra); without numpy, the closed form for fresh
+    draws, which is ~10% above a tight loop's mean."""
+    from narcissus.odds import estimate
+
+    interval = ATTEMPT_SECONDS
+    try:
+        guess = estimate(port, interval=interval, trials=300, seed=0)
+    except UnsupportedError:
+        interval = 1.0  # attempts this far apart are fresh draws, which have a closed form
+        guess = estimate(port, interval=interval, method="closed")
+    if math.isinf(guess.mean_attempts):
+        return None
+    return Expected(
+        model=guess.scenario.model.name,
+        method=guess.method,
+        mean_attempts=guess.mean_attempts,
+        p99_attempts=guess.p99_seconds / interval,
+        mean_seconds=guess.mean_attempts * ATTEMPT_SECONDS,
+        p99_seconds=guess.p99_seconds / interval * ATTEMPT_SECONDS,
+    )
 
 
 def preflight(request: ReproRequest) -> Preflight:
@@ -70,11 +112,13 @@ def preflight(request: ReproRequest) -> Preflight:
         return Preflight(
             target, settings, verdict, f"cannot be hit naturally: {verdict.reason()}", False
         )
-    if request.mode is Mode.NATURAL and verdict.preferred_parity is False:
+    if request.mode is not Mode.NATURAL:
+        return Preflight(target, settings, verdict, verdict.reason(), True)
+    if verdict.preferred_parity is False:
         explanation = f"practically never hit naturally: {verdict.reason()}"
-    else:
-        explanation = verdict.reason()
-    return Preflight(target, settings, verdict, explanation, True)
+        return Preflight(target, settings, verdict, explanation, True)
+    expected = None if request.command else expected_natural(request.port)
+    return Preflight(target, settings, verdict, verdict.reason(), True, expected)
 
 
 def reproduce(

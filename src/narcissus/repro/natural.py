@@ -12,9 +12,18 @@ from collections.abc import Callable
 from narcissus.repro import client
 from narcissus.repro.command import run_command
 from narcissus.repro.model import ReproRequest, ReproResult, SourcePorts
-from narcissus.repro.target import Target
+from narcissus.repro.target import Target, resolve_target
 
 Progress = Callable[[int], None]
+
+
+def attempts_to_self_connect(
+    port: int, *, host: str = "127.0.0.1", max_attempts: int = 1_000_000, timeout: float = 60.0
+) -> ReproResult:
+    """The experiment the allocator models predict (bench/calibrate.py): the natural loop with
+    no preflight, so ports the kernel should never hand out are really tried too."""
+    request = ReproRequest(port, host, max_attempts=max_attempts, timeout=timeout)
+    return run_natural(request, resolve_target(host, port))
 
 
 def run_natural(
