@@ -10,6 +10,7 @@ from typing import Any
 from narcissus.cli import EXIT_FOUND, EXIT_OK
 from narcissus.cli._common import add_json_option, emit_json, port_arg, socket_json
 from narcissus.repro import Mode, Preflight, ReproRequest, ReproResult, preflight, reproduce
+from narcissus.repro.model import SteerSetup
 
 TAKES_COMMAND = True
 SUMMARY = "make a self-connect happen on demand, in narcissus's client or in your own (CMD)"
@@ -186,26 +187,29 @@ def _run_with_text(request: ReproRequest, checked: Preflight) -> ReproResult:
             def progress(done: int) -> None:
                 bar.update(task, completed=done)
 
-        result = reproduce(request, checked=checked, progress=progress)
+        result = reproduce(request, checked=checked, progress=progress, announce=_print_steer)
     _render(result)
     return result
+
+
+def _print_steer(steer: SteerSetup) -> None:
+    from narcissus.cli._common import console
+
+    out = console()
+    helpers = f" with {steer.helper_processes} helper process(es)" if steer.helper_processes else ""
+    out.print(f"  held {steer.held:,} ports{helpers} in {steer.seconds:.2f} s")
+    if steer.blockers:
+        shown = ", ".join(str(port) for port in steer.blockers[:20])
+        more = f" and {len(steer.blockers) - 20} more" if len(steer.blockers) > 20 else ""
+        out.print(f"  could not hold (used by connections or TIME_WAIT): {shown}{more}")
+    out.print(f"  chance the first attempt takes the port: {steer.hit_chance:.1%}")
+    sys.stdout.flush()
 
 
 def _render(result: ReproResult) -> None:
     from narcissus.cli._common import console, self_connected_table
 
     out = console()
-    steer = result.steer
-    if steer is not None:
-        helpers = (
-            f" with {steer.helper_processes} helper process(es)" if steer.helper_processes else ""
-        )
-        out.print(f"  held {steer.held:,} ports{helpers} in {steer.seconds:.2f} s")
-        if steer.blockers:
-            shown = ", ".join(str(port) for port in steer.blockers[:20])
-            more = f" and {len(steer.blockers) - 20} more" if len(steer.blockers) > 20 else ""
-            out.print(f"  could not hold (used by connections or TIME_WAIT): {shown}{more}")
-        out.print(f"  chance the first attempt takes the port: {steer.hit_chance:.1%}")
     if result.command_output:
         out.print(result.command_output, markup=False, end="")
     if result.self_connected:

@@ -36,7 +36,7 @@ class SelfConnectEvent(Value):
     "ipv6", `transport` "tcp" or "udp", `pid` and `program` the process it happened in.
     """
 
-    __slots__ = ("family", "host", "pid", "port", "program", "transport")
+    __slots__ = ("host", "port", "family", "transport", "pid", "program")
 
     def __init__(
         self, host: str, port: int, family: str, transport: str, pid: int, program: str

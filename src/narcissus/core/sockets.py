@@ -63,18 +63,18 @@ class TcpSocket(Value):
     """
 
     __slots__ = (
-        "cookie",
         "family",
-        "inode",
-        "interface",
         "local_address",
         "local_port",
-        "netns",
-        "owners",
         "remote_address",
         "remote_port",
         "state",
+        "inode",
         "uid",
+        "netns",
+        "owners",
+        "interface",
+        "cookie",
     )
 
     def __init__(
@@ -132,7 +132,7 @@ class TcpSocket(Value):
 class KillResult(Value):
     """What SOCK_DESTROY did to one socket: `error` 0 means it is gone."""
 
-    __slots__ = ("error", "socket")
+    __slots__ = ("socket", "error")
 
     def __init__(self, socket: TcpSocket, error: int) -> None:
         self.socket = socket
@@ -146,7 +146,7 @@ class ScanReport(Value):
     root), so an empty owner list then means "unknown", not "none".
     """
 
-    __slots__ = ("backend", "killed", "netns", "notes", "owners_visible", "sockets")
+    __slots__ = ("netns", "sockets", "owners_visible", "backend", "notes", "killed")
 
     def __init__(
         self,

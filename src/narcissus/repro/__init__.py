@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from narcissus.core.ports import EphemeralPorts, PortClass
 from narcissus.errors import InputError, UnsupportedError
-from narcissus.repro.model import Mode, ReproRequest, ReproResult
+from narcissus.repro.model import Mode, ReproRequest, ReproResult, SteerSetup
 from narcissus.repro.target import Target, resolve_target
 
 __all__ = ["Mode", "Preflight", "ReproRequest", "ReproResult", "preflight", "reproduce"]
@@ -127,9 +127,10 @@ def reproduce(
     checked: Preflight | None = None,
     progress: Callable[[int], None] | None = None,
     capture: bool = False,
+    announce: Callable[[SteerSetup], None] | None = None,
 ) -> ReproResult:
     """Run one reproduction. `capture` collects CMD's output into the result instead of letting
-    it through (for JSON output)."""
+    it through (for JSON output); `announce` hears what steer holds before CMD runs."""
     ready = checked or preflight(request)
     if not ready.possible:
         return ReproResult(
@@ -148,7 +149,7 @@ def reproduce(
     if request.mode is Mode.STEER:
         from narcissus.repro.steer import run_steer
 
-        return run_steer(request, ready.target, ready.settings, capture=capture)
+        return run_steer(request, ready.target, ready.settings, capture=capture, announce=announce)
     from narcissus.repro.isolate import run_isolate
 
     return run_isolate(request, ready.target, capture=capture)

@@ -9,6 +9,7 @@ attempt still takes the target.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from narcissus.core.ports import EphemeralPorts
 from narcissus.core.steering import first_attempt_hit_chance, ports_to_hold
@@ -30,8 +31,15 @@ def _blockers(failed: list[int]) -> list[int]:
 
 
 def run_steer(
-    request: ReproRequest, target: Target, settings: EphemeralPorts, *, capture: bool
+    request: ReproRequest,
+    target: Target,
+    settings: EphemeralPorts,
+    *,
+    capture: bool,
+    announce: Callable[[SteerSetup], None] | None = None,
 ) -> ReproResult:
+    """Hold, tell `announce` what is held (before CMD runs, so its output comes after), connect
+    once, release."""
     start = time.monotonic()
     with PortHold(ports_to_hold(settings, target.port)) as hold:
         blockers = _blockers(hold.failed)
@@ -43,6 +51,8 @@ def run_steer(
             blockers=tuple(blockers),
             hit_chance=chance.probability,
         )
+        if announce is not None:
+            announce(setup)
         notes: list[str] = []
         if blockers:
             notes.append(

@@ -20,7 +20,7 @@ BACKEND = "psutil"
 class Netns(Value):
     """Stand-in so every OS module shares one signature; non-Linux hosts have only this one."""
 
-    __slots__ = ("inode", "label", "path")
+    __slots__ = ("label", "path", "inode")
 
     def __init__(self, label: str, path: str, inode: int) -> None:
         self.label = label

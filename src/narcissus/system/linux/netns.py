@@ -27,7 +27,7 @@ _IFREQ = "16sH22x"
 class Netns(Value):
     """A network namespace: a label for people, a path to its nsfs file, and its inode."""
 
-    __slots__ = ("inode", "label", "path")
+    __slots__ = ("label", "path", "inode")
 
     def __init__(self, label: str, path: str, inode: int) -> None:
         self.label = label

@@ -21,7 +21,7 @@ class OwnerLookup(Value):
     """Owners per socket inode. `complete` is false when some processes could not be read;
     `stopped_early` is true when the walk stopped at the first owner of each socket."""
 
-    __slots__ = ("complete", "owners", "stopped_early")
+    __slots__ = ("owners", "complete", "stopped_early")
 
     def __init__(
         self, owners: dict[int, tuple[Owner, ...]], complete: bool, stopped_early: bool = False
