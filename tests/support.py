@@ -131,6 +131,53 @@ def run_cli(
     )
 
 
+NOBODY = 65534
+SRC = TESTS.parent / "src"
+
+
+def unprivileged_python() -> list[str]:
+    """An interpreter user nobody can run with this checkout's narcissus importable.
+
+    The virtualenv's interpreter often sits under /root (pyenv), which nobody cannot enter, so
+    this is a system Python >= 3.10 with PYTHONPATH pointing at src/ (see `run_unprivileged`).
+    """
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            done = subprocess.run(
+                [candidate, "-c", "import sys; print(sys.version_info >= (3, 10))"],
+                capture_output=True,
+                text=True,
+                check=False,
+                user=NOBODY,
+            )
+            if done.stdout.strip() == "True":
+                return [candidate]
+    pytest.skip("needs a system Python >= 3.10 that user nobody can run")
+
+
+def run_unprivileged(
+    *args: str, netns: PrivateNetns | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m narcissus ARGS` as user nobody (the --json paths need no third-party module),
+    inside `netns` if given (entered as root, then privileges dropped with setpriv)."""
+    return subprocess.run(
+        unprivileged_argv(["-m", "narcissus", *args], netns=netns),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+
+
+def unprivileged_argv(python_args: list[str], *, netns: PrivateNetns | None = None) -> list[str]:
+    """argv running the unprivileged interpreter as nobody (PYTHONPATH must point at SRC)."""
+    drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    argv = [*drop, *unprivileged_python(), *python_args]
+    return netns.wrap(argv) if netns is not None else argv
+
+
 def assert_one_line_error(done: subprocess.CompletedProcess[str], *fragments: str) -> None:
     """Bad input: exit 2, one line on stderr naming the problem, no traceback, nothing on stdout."""
     assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)

@@ -70,6 +70,30 @@ def resolve(spec: str) -> Netns:
     return Netns(label, path, inode)
 
 
+def of_process(pid: int) -> Netns | None:
+    """The namespace process `pid` is in, labelled as `current()` and `ip netns` would
+    ("host", a name, or `net:[inode]`); None if the process is gone or hidden from us."""
+    path = f"/proc/{pid}/ns/net"
+    try:
+        inode = _inode(path)
+        host = _inode("/proc/1/ns/net")
+    except OSError:
+        return None
+    if inode == host:
+        return Netns("host", path, inode)
+    try:
+        names = sorted(os.listdir(NAMED_NETNS_DIR))
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            if _inode(f"{NAMED_NETNS_DIR}/{name}") == inode:
+                return Netns(name, path, inode)
+        except OSError:
+            continue
+    return Netns(f"net:[{inode}]", path, inode)
+
+
 def all_namespaces() -> list[Netns]:
     """Every network namespace this process can see: its own, the named ones, and those of
     running processes (each listed once, by its first label)."""
