@@ -3,7 +3,9 @@
 Usage: planter.py SPEC... ; prints one JSON line {"pid", "sockets": [...]} once they exist.
 SPECs: self4 self6 selfmapped (bind-then-connect self-connects), remnant4 (a self-connect closed
 normally: TIME_WAIT), listen4:PORT listen6:PORT, pair4 (an ordinary loopback connection),
-crossaddr (127.0.0.1:P connected to 127.0.0.2:P: same port, different address).
+crossaddr (127.0.0.1:P connected to 127.0.0.2:P: same port, different address),
+natural4:PORT (an unbound connect to 127.0.0.1:PORT that the kernel self-connected: run it in a
+namespace whose ip_local_port_range is PORT PORT).
 """
 
 from __future__ import annotations
@@ -86,6 +88,13 @@ for spec in sys.argv[1:]:
         client.connect(("127.0.0.2", port))
         accepted, _ = server.accept()
         held += [server, client, accepted]
+        planted.append({"kind": kind, "family": "ipv4", "address": "127.0.0.1", "port": port})
+    elif kind == "natural4":
+        port = int(arg)
+        sock = socket.socket()
+        sock.connect(("127.0.0.1", port))  # no bind: the kernel hands out the source port
+        assert sock.getsockname() == sock.getpeername(), "not self-connected: is the range set?"
+        held.append(sock)
         planted.append({"kind": kind, "family": "ipv4", "address": "127.0.0.1", "port": port})
     else:
         sys.exit(f"planter: unknown spec {spec!r}")

@@ -4,6 +4,8 @@
 
 Port knowledge:  ephemeral_ports(), ephemeral_range(), reserved_ports(), classify_port(port)
 Diagnosis:       scan(netns=None, every=False, kill=False) -> list[ScanReport]
+Watching:        Watcher(backend="auto", interval=1.0), self_connects(backend, duration=None)
+                 -> SelfConnectEvent...; MetricsExporter(host, port) (needs prometheus_client)
 Errors:          SelfConnectError (a ConnectionRefusedError), InputError, UnsupportedError
 """
 
@@ -14,8 +16,11 @@ from narcissus.errors import InputError, NarcissusError, SelfConnectError, Unsup
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from narcissus.core.watch import SelfConnectEvent
+    from narcissus.exporter import MetricsExporter
     from narcissus.host import classify_port, ephemeral_ports, ephemeral_range, reserved_ports
     from narcissus.scan import scan_namespaces as scan
+    from narcissus.watch import Watcher, self_connects
 
 # public name -> (module, attribute), imported on first access
 _LAZY: dict[str, tuple[str, str]] = {
@@ -24,19 +29,27 @@ _LAZY: dict[str, tuple[str, str]] = {
     "reserved_ports": ("narcissus.host", "reserved_ports"),
     "classify_port": ("narcissus.host", "classify_port"),
     "scan": ("narcissus.scan", "scan_namespaces"),
+    "Watcher": ("narcissus.watch", "Watcher"),
+    "self_connects": ("narcissus.watch", "self_connects"),
+    "SelfConnectEvent": ("narcissus.core.watch", "SelfConnectEvent"),
+    "MetricsExporter": ("narcissus.exporter", "MetricsExporter"),
 }
 
 __all__ = [
     "InputError",
+    "MetricsExporter",
     "NarcissusError",
     "SelfConnectError",
+    "SelfConnectEvent",
     "UnsupportedError",
+    "Watcher",
     "__version__",
     "classify_port",
     "ephemeral_ports",
     "ephemeral_range",
     "reserved_ports",
     "scan",
+    "self_connects",
 ]
 
 

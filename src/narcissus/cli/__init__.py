@@ -33,6 +33,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "narcissus.cli.scan",
         "list TCP sockets connected to themselves (and their TIME_WAIT remnants)",
     ),
+    "watch": (
+        "narcissus.cli.watch",
+        "report every TCP self-connect as it happens (ftrace as root, else polling)",
+    ),
+    "exporter": (
+        "narcissus.cli.exporter",
+        "serve Prometheus metrics: self-connects, listeners at risk, port settings",
+    ),
 }
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

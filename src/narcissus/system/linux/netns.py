@@ -72,15 +72,17 @@ def resolve(spec: str) -> Netns:
 
 def of_process(pid: int) -> Netns | None:
     """The namespace process `pid` is in, labelled as `current()` and `ip netns` would
-    ("host", a name, or `net:[inode]`); None if the process is gone or hidden from us."""
+    ("host", a name, `net:[inode]`); None if the process is gone or hidden from us."""
     path = f"/proc/{pid}/ns/net"
     try:
         inode = _inode(path)
-        host = _inode("/proc/1/ns/net")
     except OSError:
         return None
-    if inode == host:
-        return Netns("host", path, inode)
+    try:
+        if _inode("/proc/1/ns/net") == inode:
+            return Netns("host", path, inode)
+    except OSError:
+        pass  # init is hidden (a container): fall through to names and our own label
     try:
         names = sorted(os.listdir(NAMED_NETNS_DIR))
     except OSError:
@@ -91,7 +93,9 @@ def of_process(pid: int) -> Netns | None:
                 return Netns(name, path, inode)
         except OSError:
             continue
-    return Netns(f"net:[{inode}]", path, inode)
+    own = current()
+    label = own.label if own.inode == inode else f"net:[{inode}]"
+    return Netns(label, path, inode)
 
 
 def all_namespaces() -> list[Netns]:
