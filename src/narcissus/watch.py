@@ -16,7 +16,7 @@ baseline poll is taken), so a caller can start a watcher, run something, and col
 
     with narcissus.Watcher() as watcher:
         subprocess.run(cmd)
-        evidence = [e for e in watcher.drain() if e.pid == pid]
+        evidence = [e for e in watcher.drain().events if e.pid == pid]
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def _poll_backend() -> str:
 
 class Watcher:
     """A started watcher hands out self-connects as they happen (`batches`, `events`) or all
-    seen since the last call (`drain`). Use it as a context manager: `close()` releases what
+    seen since the last read (`drain`). Use it as a context manager: `close()` releases what
     the backend holds (the tracing instance) on every exit path."""
 
     def __init__(self, backend: str = AUTO, *, interval: float = DEFAULT_INTERVAL) -> None:
@@ -299,10 +299,10 @@ class Watcher:
         for batch in self.batches(duration, stop=stop):
             yield from batch.events
 
-    def drain(self) -> list[SelfConnectEvent]:
-        """Every self-connect seen since the last read, without waiting (polling: scans now)."""
+    def drain(self) -> WatchBatch:
+        """Everything seen since the last read, without waiting (polling: scans now)."""
         with self._lock:
-            return list(self._started().drain().events)
+            return self._started().drain()
 
     def close(self) -> None:
         """Release the backend (idempotent); `start()` may begin a fresh one afterwards."""

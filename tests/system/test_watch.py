@@ -27,7 +27,7 @@ def events_of(watcher: Watcher, pid: int, count: int) -> list[SelfConnectEvent]:
     """Drain until `count` events of `pid` arrived (bounded: 40 x 0.1 s)."""
     found: list[SelfConnectEvent] = []
     for _attempt in range(40):
-        found += [event for event in watcher.drain() if event.pid == pid]
+        found += [event for event in watcher.drain().events if event.pid == pid]
         if len(found) >= count:
             break
         time.sleep(0.1)
@@ -86,7 +86,7 @@ def test_poll_reports_new_sockets_and_remnants_but_not_old_ones(netns: PrivateNe
 def test_poll_drain_scans_now(netns: PrivateNetns) -> None:
     with netns.entered(), Watcher("poll", interval=3600) as watcher:
         with plant("self4", netns=netns) as planted:
-            drained = watcher.drain()
+            drained = watcher.drain().events
         assert [(e.port, e.pid) for e in drained] == [(planted.ports("self4")[0], planted.pid)]
 
 

@@ -20,7 +20,7 @@ from narcissus.cli._common import (
 )
 from narcissus.core.watch import SelfConnectEvent
 from narcissus.errors import InputError
-from narcissus.watch import AUTO, BACKENDS, DEFAULT_INTERVAL, Watcher
+from narcissus.watch import AUTO, BACKENDS, DEFAULT_INTERVAL, WatchBatch, Watcher
 
 SUMMARY = "report every TCP self-connect as it happens (ftrace as root, else polling)"
 DESCRIPTION = """\
@@ -223,16 +223,26 @@ def _watch(
 ) -> None:
     watcher.start()
     _announce_ready(watcher, options)
-    for batch in watcher.batches(options.duration):
-        for event in batch.events:
-            seen.count += 1
-            _emit(json.dumps(event_json(event)) if options.as_json else _event_text(event))
-            if commands:
-                commands.run(event)
-        if batch.lost:
-            _report_lost(batch.lost, options.as_json)
-        for warning in batch.warnings:
-            _warn(warning)
+    try:
+        for batch in watcher.batches(options.duration):
+            _report(batch, options, commands, seen)
+    except Terminated:
+        pass  # stop as if the duration were over: report what the backend still holds
+    _report(watcher.drain(), options, commands, seen)
+
+
+def _report(
+    batch: WatchBatch, options: argparse.Namespace, commands: _Commands | None, seen: _Tally
+) -> None:
+    for event in batch.events:
+        seen.count += 1
+        _emit(json.dumps(event_json(event)) if options.as_json else _event_text(event))
+        if commands:
+            commands.run(event)
+    if batch.lost:
+        _report_lost(batch.lost, options.as_json)
+    for warning in batch.warnings:
+        _warn(warning)
 
 
 def _announce_ready(watcher: Watcher, options: argparse.Namespace) -> None:
