@@ -215,6 +215,16 @@ class Running:
             reader.join(timeout=30)
 
 
+def tracing_instances(pid: int) -> list[str]:
+    """The ftrace instances process `pid` holds (narcissus names them narcissus-<pid>-<n>)."""
+    from narcissus.system.linux.ftrace import INSTANCE_PREFIX, TRACEFS
+
+    instances = Path(TRACEFS) / "instances"
+    return sorted(
+        p.name for p in instances.iterdir() if p.name.startswith(f"{INSTANCE_PREFIX}{pid}-")
+    )
+
+
 NOBODY = 65534
 SRC = TESTS.parent / "src"
 

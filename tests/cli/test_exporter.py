@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from narcissus.system.linux.ftrace import TRACEFS
 from tests.support import (
     SRC,
     PrivateNetns,
@@ -31,6 +30,7 @@ from tests.support import (
     needs_root,
     plant,
     run_cli,
+    tracing_instances,
 )
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux backends")
@@ -134,14 +134,11 @@ def test_ftrace_backend_counts_a_self_connect_that_lived_a_moment(netns: Private
         _text, after = scrape_until(
             ready["url"], lambda s: (value(s, "narcissus_self_connect_events_total") or 0) > start
         )
-        instances = [n for n in os.listdir(Path(TRACEFS) / "instances") if n.startswith(
-            f"narcissus-{exporter.process.pid}-"
-        )]  # fmt: skip
-        assert instances
+        assert tracing_instances(exporter.process.pid)
         status, _err = exporter.stop(signal.SIGTERM)
     assert (value(after, "narcissus_self_connect_events_total") or 0) > start
     assert status == 0
-    assert not any((Path(TRACEFS) / "instances" / name).exists() for name in instances)
+    assert tracing_instances(exporter.process.pid) == []
 
 
 def test_ctrl_c_exits_130(netns: PrivateNetns) -> None:

@@ -8,14 +8,12 @@ self-connects are the ones they plant.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 
-from narcissus.system.linux.ftrace import TRACEFS
 from tests.support import (
     PrivateNetns,
     Running,
@@ -24,15 +22,10 @@ from tests.support import (
     plant,
     run_cli,
     run_unprivileged,
+    tracing_instances,
 )
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux backends")
-
-INSTANCES = Path(TRACEFS) / "instances"
-
-
-def instances_of(pid: int) -> list[str]:
-    return [name for name in os.listdir(INSTANCES) if name.startswith(f"narcissus-{pid}-")]
 
 
 @needs_root
@@ -41,13 +34,13 @@ def test_json_ready_first_then_one_object_per_self_connect(netns: PrivateNetns) 
         ready = watch.json_line()
         assert ready["event"] == "ready" and ready["backend"] == "ftrace"
         assert ready["pid"] == watch.process.pid
-        assert instances_of(watch.process.pid)
+        assert tracing_instances(watch.process.pid)
         with plant("self4", "self6", netns=netns) as planted:
             first = watch.event_of(planted.pid)
             second = watch.event_of(planted.pid)
         status, _err = watch.stop(signal.SIGTERM)
     assert status == 1  # SIGTERM ends it as --duration would; something was seen
-    assert instances_of(watch.process.pid) == []
+    assert tracing_instances(watch.process.pid) == []
     ports = {s["port"] for s in planted.sockets}
     assert {first["port"], second["port"]} == ports
     for item in (first, second):
@@ -62,11 +55,11 @@ def test_json_ready_first_then_one_object_per_self_connect(netns: PrivateNetns) 
 def test_ctrl_c_exits_130_and_removes_the_instance() -> None:
     with Running("watch", "--json") as watch:
         assert watch.json_line()["event"] == "ready"
-        assert instances_of(watch.process.pid)
+        assert tracing_instances(watch.process.pid)
         status, err = watch.stop(signal.SIGINT)
     assert status == 130, err
     assert "interrupted" in err
-    assert instances_of(watch.process.pid) == []
+    assert tracing_instances(watch.process.pid) == []
 
 
 def test_poll_backend_text_output(netns: PrivateNetns) -> None:

@@ -19,7 +19,14 @@ import pytest
 from narcissus.core.sock_trace import EVENT, SELF_CONNECT_FILTER, StateChange, parse_line
 from narcissus.errors import UnsupportedError
 from narcissus.system.linux import ftrace
-from tests.support import SRC, PrivateNetns, needs_root, plant, unprivileged_argv
+from tests.support import (
+    SRC,
+    PrivateNetns,
+    needs_root,
+    plant,
+    tracing_instances,
+    unprivileged_argv,
+)
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux tracefs"),
@@ -207,14 +214,10 @@ def test_without_root_it_says_so() -> None:
     assert "needs root" in done.stdout, (done.stdout, done.stderr)
 
 
-def ours() -> set[str]:
-    return {name for name in os.listdir(INSTANCES) if name.startswith(f"narcissus-{os.getpid()}-")}
-
-
 def test_a_missing_tracepoint_or_a_rejected_filter_leaves_nothing() -> None:
-    before = ours()
+    before = tracing_instances(os.getpid())
     with pytest.raises(UnsupportedError, match="no tracepoint sock:no_such_event"):
         ftrace.TraceInstance("sock/no_such_event", "").open()
     with pytest.raises(UnsupportedError, match="rejected the filter"):
         ftrace.TraceInstance(EVENT, "no_such_field == 1").open()
-    assert ours() == before
+    assert tracing_instances(os.getpid()) == before

@@ -49,6 +49,27 @@ def add_json_option(
     parser.add_argument("--json", dest="as_json", action="store_true", help=help_text)
 
 
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """--backend and --interval: how self-connects are caught (`narcissus.watch.Watcher`)."""
+    from narcissus.watch import AUTO, BACKENDS, DEFAULT_INTERVAL
+
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=AUTO,
+        help="how self-connects are caught: ftrace (Linux, root: every one), poll (the socket "
+        "table: may miss short-lived ones), or auto: ftrace when it can run (default: auto)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=positive_seconds_arg,
+        default=DEFAULT_INTERVAL,
+        metavar="S",
+        help=f"seconds between two polls of the socket table, poll backend only "
+        f"(default: {DEFAULT_INTERVAL:g})",
+    )
+
+
 class Terminated(Exception):
     """SIGTERM or SIGHUP arrived: a long-running command stops as if its time were up."""
 

@@ -12,13 +12,12 @@ import threading
 from narcissus.cli import EXIT_OK
 from narcissus.cli._common import (
     Terminated,
+    add_backend_options,
     add_json_option,
-    positive_seconds_arg,
     stop_on_terminate,
 )
 from narcissus.core.ports import parse_host_port
 from narcissus.errors import InputError
-from narcissus.watch import AUTO, BACKENDS, DEFAULT_INTERVAL
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,21 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="where to serve /metrics (default: 127.0.0.1:9469; [::1]:9469 for IPv6, "
         "0.0.0.0:9469 for every interface, port 0 for any free port)",
     )
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=AUTO,
-        help="what counts self-connect events: ftrace (Linux, root), poll, or auto "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--interval",
-        type=positive_seconds_arg,
-        default=DEFAULT_INTERVAL,
-        metavar="S",
-        help="seconds between two polls of the socket table, poll backend only "
-        "(default: %(default)s)",
-    )
+    add_backend_options(parser)
     add_json_option(parser, "print one JSON line when ready (the URL, the backend)")
 
 

@@ -14,13 +14,14 @@ from typing import Any
 from narcissus.cli import EXIT_FOUND, EXIT_OK
 from narcissus.cli._common import (
     Terminated,
+    add_backend_options,
     add_json_option,
     positive_seconds_arg,
     stop_on_terminate,
 )
 from narcissus.core.watch import SelfConnectEvent
 from narcissus.errors import InputError
-from narcissus.watch import AUTO, BACKENDS, DEFAULT_INTERVAL, WatchBatch, Watcher
+from narcissus.watch import WatchBatch, Watcher
 
 SUMMARY = "report every TCP self-connect as it happens (ftrace as root, else polling)"
 DESCRIPTION = """\
@@ -62,21 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "environment: NARCISSUS_EVENT (the JSON object), NARCISSUS_PID, NARCISSUS_PROCESS, "
         "NARCISSUS_ADDRESS, NARCISSUS_PORT, NARCISSUS_TIME, NARCISSUS_BACKEND, NARCISSUS_NETNS",
     )
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=AUTO,
-        help="ftrace (Linux, root), poll (the socket table), or auto: ftrace when it can run "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--interval",
-        type=positive_seconds_arg,
-        default=DEFAULT_INTERVAL,
-        metavar="S",
-        help="seconds between two polls of the socket table, poll backend only "
-        "(default: %(default)s)",
-    )
+    add_backend_options(parser)
 
 
 def event_json(event: SelfConnectEvent) -> dict[str, Any]:
