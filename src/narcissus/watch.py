@@ -101,10 +101,11 @@ class _FtraceSource:
         namespace: str | None = None
         if not change.in_kernel_task:
             pid = change.tgid or procfs.thread_group(change.tid) or change.tid
+            # The line names the thread; a thread of a bigger process is known by the process.
             process = change.comm
-            if process is None:
-                name = procfs.process_name(change.tid)
-                process = None if name == "?" else name
+            if process is None or pid != change.tid:
+                name = procfs.process_name(pid)
+                process = process if name == "?" else name
             found = netns.of_process(pid)
             namespace = found.label if found else None
         return SelfConnectEvent(

@@ -59,6 +59,16 @@ def test_ftrace_reports_each_self_connect_with_process_and_namespace(netns: Priv
 
 
 @needs_root
+def test_ftrace_names_the_process_of_a_self_connecting_thread(netns: PrivateNetns) -> None:
+    with narcissus.Watcher("ftrace") as watcher, plant("thread4", netns=netns) as planted:
+        [event] = events_of(watcher, planted.pid, 1)
+    [spec] = planted.sockets
+    assert event.port == spec["port"]
+    assert event.thread == spec["thread"] != planted.pid
+    assert event.process and event.process.startswith("python")  # the process, not "worker"
+
+
+@needs_root
 def test_ftrace_catches_an_unbound_connect_the_kernel_self_connected(netns: PrivateNetns) -> None:
     netns.set_port_range(40404, 40404)  # the only port an unbound connect can be handed
     with narcissus.Watcher("ftrace") as watcher, plant("natural4:40404", netns=netns) as planted:
