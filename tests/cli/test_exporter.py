@@ -141,10 +141,12 @@ def test_ftrace_backend_counts_a_self_connect_that_lived_a_moment(netns: Private
     assert tracing_instances(exporter.process.pid) == []
 
 
-def test_ctrl_c_exits_130(netns: PrivateNetns) -> None:
-    args = ("exporter", "--json", "--listen", "127.0.0.1:0", "--backend", "poll")
-    with Running(*args, netns=netns) as exporter:
-        assert exporter.json_line()["event"] == "ready"
+def test_loopback_port_9469_by_default_and_ctrl_c_exits_130(netns: PrivateNetns) -> None:
+    with Running("exporter", "--json", "--backend", "poll", netns=netns) as exporter:
+        ready = exporter.json_line()
+        assert (ready["address"], ready["port"]) == ("127.0.0.1", 9469)
+        _text, samples = scrape("http://127.0.0.1:9469/metrics", netns)
+        assert value(samples, "narcissus_scan_success") == 1
         status, err = exporter.stop(signal.SIGINT)
     assert status == 130 and "interrupted" in err
 
@@ -207,3 +209,17 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     )
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert "ExecStart=/usr/local/bin/narcissus exporter --listen 127.0.0.1:9469" in UNIT.read_text()
+
+
+def test_text_mode_says_where_it_serves_and_warns_off_loopback(netns: PrivateNetns) -> None:
+    args = ("exporter", "--listen", "0.0.0.0:0", "--backend", "poll")
+    with Running(*args, netns=netns) as exporter:
+        first = exporter.line("stderr")
+        lines = [exporter.line("stderr") for _note in range(2)]
+        status, _err = exporter.stop(signal.SIGTERM)
+    assert re.search(
+        r"serving http://0\.0\.0\.0:\d+/metrics \(self-connect events from poll\)", first
+    )
+    assert any("shows only as its TIME_WAIT remnant" in line for line in lines)
+    assert any("0.0.0.0 is not loopback" in line for line in lines)
+    assert status == 0
