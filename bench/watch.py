@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import statistics
@@ -33,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import children, in_private_netns, verdict
+from _common import INSIDE_ENV, children, in_private_netns, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANTER = ROOT / "tests" / "planter.py"
@@ -135,12 +136,14 @@ def watch_round(count: int, seconds: float, first_port: int, close: str) -> bool
     made = len(ports)
     held = load["held_us"]
     within_1ms = sum(1 for us in held if us < 1000)
-    mine = [e for e in ftrace_events if e.get("event") == "self-connect" and e["port"] in ports]
-    right_pid = {e["port"] for e in mine if e["pid"] == load["pid"]}
-    wrong_pid = [e for e in mine if e["pid"] != load["pid"]]
-    others = sum(
-        1 for e in ftrace_events if e.get("event") == "self-connect" and e["port"] not in ports
-    )
+    # ftrace sees the whole host: other processes (other namespaces) may use the same ports.
+    here = os.environ.get(INSIDE_ENV)
+    traced = [e for e in ftrace_events if e.get("event") == "self-connect"]
+    right_pid = {e["port"] for e in traced if e["pid"] == load["pid"] and e["port"] in ports}
+    wrong_pid = [
+        e for e in traced if e["port"] in ports and e["netns"] == here and e["pid"] != load["pid"]
+    ]
+    others = sum(1 for e in traced if e["pid"] != load["pid"]) - len(wrong_pid)
     lost = sum(e["count"] for e in ftrace_events if e.get("event") == "lost")
     polled = [e for e in poll_events if e.get("event") == "self-connect" and e["port"] in ports]
     polled_live = {e["port"] for e in polled if not e["remnant"]}
