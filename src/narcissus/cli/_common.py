@@ -78,7 +78,7 @@ class Terminated(Exception):
 def stop_on_terminate() -> Iterator[None]:
     """Turn the first SIGTERM/SIGHUP into `Terminated` in the main thread, so a long-running
     command releases what it holds and exits normally; later ones are ignored while it does."""
-    caught = (signal.SIGTERM, signal.SIGHUP)
+    caught = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def stop(signum: int, _frame: object) -> None:
         for sig in caught:
