@@ -3,7 +3,10 @@
 Usage: planter.py SPEC... ; prints one JSON line {"pid", "sockets": [...]} once they exist.
 SPECs: self4 self6 selfmapped (bind-then-connect self-connects), remnant4 (a self-connect closed
 normally: TIME_WAIT), listen4:PORT listen6:PORT, pair4 (an ordinary loopback connection),
-crossaddr (127.0.0.1:P connected to 127.0.0.2:P: same port, different address).
+crossaddr (127.0.0.1:P connected to 127.0.0.2:P: same port, different address),
+natural4:PORT (an unbound connect to 127.0.0.1:PORT that the kernel self-connected: run it in a
+namespace whose ip_local_port_range is PORT PORT), thread4 (a self4 made by a second thread
+named "worker"; its entry carries the thread id).
 """
 
 from __future__ import annotations
@@ -31,6 +34,23 @@ def self_connect(family: int, address: str) -> socket.socket:
     sock.connect((address, sock.getsockname()[1]))
     assert sock.getsockname()[:2] == sock.getpeername()[:2]
     return sock
+
+
+def self_connect_in_thread(name: bytes) -> tuple[socket.socket, int]:
+    """An IPv4 self-connect made by a new thread called `name`; the socket and the thread id."""
+    import ctypes
+    import threading
+
+    made: list[tuple[socket.socket, int]] = []
+
+    def work() -> None:
+        ctypes.CDLL(None).prctl(15, name, 0, 0, 0)  # PR_SET_NAME: names this thread only
+        made.append((self_connect(socket.AF_INET, "127.0.0.1"), threading.get_native_id()))
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    return made[0]
 
 
 for spec in sys.argv[1:]:
@@ -86,6 +106,25 @@ for spec in sys.argv[1:]:
         client.connect(("127.0.0.2", port))
         accepted, _ = server.accept()
         held += [server, client, accepted]
+        planted.append({"kind": kind, "family": "ipv4", "address": "127.0.0.1", "port": port})
+    elif kind == "thread4":
+        sock, thread = self_connect_in_thread(b"worker")
+        held.append(sock)
+        planted.append(
+            {
+                "kind": kind,
+                "family": "ipv4",
+                "address": "127.0.0.1",
+                "port": sock.getsockname()[1],
+                "thread": thread,
+            }
+        )
+    elif kind == "natural4":
+        port = int(arg)
+        sock = socket.socket()
+        sock.connect(("127.0.0.1", port))  # no bind: the kernel hands out the source port
+        assert sock.getsockname() == sock.getpeername(), "not self-connected: is the range set?"
+        held.append(sock)
         planted.append({"kind": kind, "family": "ipv4", "address": "127.0.0.1", "port": port})
     else:
         sys.exit(f"planter: unknown spec {spec!r}")

@@ -6,12 +6,17 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import queue
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,6 +134,142 @@ def run_cli(
         check=False,
         user=user,
     )
+
+
+class Running:
+    """`narcissus ARGS` started in the background; its output lines read with a deadline.
+
+    A thread per stream moves lines into a queue (select() on a buffered pipe would miss lines
+    already read into the buffer). Every JSON object read is kept in `objects`.
+    """
+
+    def __init__(self, *args: str, netns: PrivateNetns | None = None) -> None:
+        argv = [sys.executable, "-m", "narcissus", *args]
+        if netns is not None:
+            argv = netns.wrap(argv)
+        self.process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, close_fds=True
+        )
+        self.lines: dict[str, queue.Queue[str]] = {"stdout": queue.Queue(), "stderr": queue.Queue()}
+        self.readers = [
+            threading.Thread(target=self._pump, args=(getattr(self.process, name), lines))
+            for name, lines in self.lines.items()
+        ]
+        for reader in self.readers:
+            reader.start()
+        self.objects: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _pump(pipe: Any, lines: queue.Queue[str]) -> None:
+        for line in pipe:
+            lines.put(line)
+        lines.put("")  # end of stream
+
+    def line(self, stream: str = "stdout", timeout: float = 30) -> str:
+        try:
+            return self.lines[stream].get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no {stream} line within {timeout} s") from None
+
+    def json_line(self, timeout: float = 30) -> dict[str, Any]:
+        line = self.line(timeout=timeout)
+        assert line, "stdout closed before the line came"
+        self.objects.append(json.loads(line))
+        return self.objects[-1]
+
+    def event_of(self, pid: int, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            item = self.json_line(timeout=max(0.0, deadline - time.monotonic()))
+            if item.get("event") == "self-connect" and item["pid"] == pid:
+                return item
+        raise AssertionError(f"no self-connect of pid {pid} within {timeout} s")
+
+    def stop(self, signum: int = signal.SIGTERM) -> tuple[int, str]:
+        """Signal it, wait for it; the exit status and what stderr said."""
+        self.process.send_signal(signum)
+        status = self.process.wait(timeout=30)
+        for reader in self.readers:
+            reader.join(timeout=30)
+        return status, "".join(self._rest("stderr"))
+
+    def rest_json(self) -> list[dict[str, Any]]:
+        """The JSON objects printed after the last one read (call after stop())."""
+        self.objects += [json.loads(line) for line in self._rest("stdout") if line.strip()]
+        return self.objects
+
+    def _rest(self, stream: str) -> list[str]:
+        rest = []
+        while not self.lines[stream].empty():
+            rest.append(self.lines[stream].get())
+        return rest
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for reader in self.readers:
+            reader.join(timeout=30)
+
+
+def tracing_instances(pid: int) -> list[str]:
+    """The ftrace instances process `pid` holds (narcissus names them narcissus-<pid>-<n>)."""
+    from narcissus.system.linux.ftrace import INSTANCE_PREFIX, TRACEFS
+
+    instances = Path(TRACEFS) / "instances"
+    return sorted(
+        p.name for p in instances.iterdir() if p.name.startswith(f"{INSTANCE_PREFIX}{pid}-")
+    )
+
+
+NOBODY = 65534
+SRC = TESTS.parent / "src"
+
+
+def unprivileged_python() -> list[str]:
+    """An interpreter user nobody can run with this checkout's narcissus importable.
+
+    The virtualenv's interpreter often sits under /root (pyenv), which nobody cannot enter, so
+    this is a system Python >= 3.10 with PYTHONPATH pointing at src/ (see `run_unprivileged`).
+    """
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            done = subprocess.run(
+                [candidate, "-c", "import sys; print(sys.version_info >= (3, 10))"],
+                capture_output=True,
+                text=True,
+                check=False,
+                user=NOBODY,
+            )
+            if done.stdout.strip() == "True":
+                return [candidate]
+    pytest.skip("needs a system Python >= 3.10 that user nobody can run")
+
+
+def run_unprivileged(
+    *args: str, netns: PrivateNetns | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m narcissus ARGS` as user nobody (the --json paths need no third-party module),
+    inside `netns` if given (entered as root, then privileges dropped with setpriv)."""
+    return subprocess.run(
+        unprivileged_argv(["-m", "narcissus", *args], netns=netns),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+
+
+def unprivileged_argv(python_args: list[str], *, netns: PrivateNetns | None = None) -> list[str]:
+    """argv running the unprivileged interpreter as nobody (PYTHONPATH must point at SRC)."""
+    drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    argv = [*drop, *unprivileged_python(), *python_args]
+    return netns.wrap(argv) if netns is not None else argv
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], *fragments: str) -> None:

@@ -8,6 +8,8 @@ Prevention:      install(retries=0), uninstall(), guarded(retries=0), is_self_co
                  free_port(portable=False, hold=False), release_port(port), claimed_port(),
                  reserve_ports(ports, persist=False, dry_run=False), lint_paths(paths, os_names=)
 Odds:            estimate_odds(port, model=None, interval=0.2, ...) -> Estimate
+Watching:        Watcher(backend="auto", interval=1.0), self_connects(backend, duration=None)
+                 -> SelfConnectEvent...; MetricsExporter(host, port) (needs prometheus_client)
 Errors:          SelfConnectError (a ConnectionRefusedError), InputError, UnsupportedError
 """
 
@@ -18,6 +20,8 @@ from narcissus.errors import InputError, NarcissusError, SelfConnectError, Unsup
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from narcissus.core.watch import SelfConnectEvent
+    from narcissus.exporter import MetricsExporter
     from narcissus.guard import guarded, install, uninstall
     from narcissus.guard.check import is_self_connected
     from narcissus.host import classify_port, ephemeral_ports, ephemeral_range, reserved_ports
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
     from narcissus.ports import claimed_port, free_port, release_port
     from narcissus.reserve import reserve_ports
     from narcissus.scan import scan_namespaces as scan
+    from narcissus.watch import Watcher, self_connects
 
 # public name -> (module, attribute), imported on first access
 _LAZY: dict[str, tuple[str, str]] = {
@@ -44,13 +49,20 @@ _LAZY: dict[str, tuple[str, str]] = {
     "reserve_ports": ("narcissus.reserve", "reserve_ports"),
     "lint_paths": ("narcissus.lint", "lint_paths"),
     "estimate_odds": ("narcissus.odds", "estimate"),
+    "Watcher": ("narcissus.watch", "Watcher"),
+    "self_connects": ("narcissus.watch", "self_connects"),
+    "SelfConnectEvent": ("narcissus.core.watch", "SelfConnectEvent"),
+    "MetricsExporter": ("narcissus.exporter", "MetricsExporter"),
 }
 
 __all__ = [
     "InputError",
+    "MetricsExporter",
     "NarcissusError",
     "SelfConnectError",
+    "SelfConnectEvent",
     "UnsupportedError",
+    "Watcher",
     "__version__",
     "claimed_port",
     "classify_port",
@@ -66,6 +78,7 @@ __all__ = [
     "reserve_ports",
     "reserved_ports",
     "scan",
+    "self_connects",
     "uninstall",
 ]
 

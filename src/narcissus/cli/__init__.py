@@ -61,6 +61,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "narcissus.cli.odds",
         "the odds and the time to a self-connect for a port, per OS allocator model",
     ),
+    "watch": (
+        "narcissus.cli.watch",
+        "report every TCP self-connect as it happens (ftrace as root, else polling)",
+    ),
+    "exporter": (
+        "narcissus.cli.exporter",
+        "serve Prometheus metrics: self-connects, listeners at risk, port settings",
+    ),
 }
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from narcissus.core.sockets import ScanReport, TcpSocket
 from narcissus.errors import InputError
@@ -40,13 +44,66 @@ def port_arg(text: str) -> int:
     return argument_type(parse_port)(text)
 
 
-def add_json_option(parser: argparse.ArgumentParser) -> None:
+def positive_seconds_arg(text: str) -> float:
+    """argparse type: a duration in seconds, more than 0 (e.g. 30 or 0.5)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    return seconds
+
+
+def add_json_option(
+    parser: argparse.ArgumentParser,
+    help_text: str = "print one JSON object for machines instead of text",
+) -> None:
+    parser.add_argument("--json", dest="as_json", action="store_true", help=help_text)
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """--backend and --interval: how self-connects are caught (`narcissus.watch.Watcher`)."""
+    from narcissus.watch import AUTO, BACKENDS, DEFAULT_INTERVAL
+
     parser.add_argument(
-        "--json",
-        dest="as_json",
-        action="store_true",
-        help="print one JSON object for machines instead of text",
+        "--backend",
+        choices=BACKENDS,
+        default=AUTO,
+        help="how self-connects are caught: ftrace (Linux, root: every one), poll (the socket "
+        "table: may miss short-lived ones), or auto: ftrace when it can run (default: auto)",
     )
+    parser.add_argument(
+        "--interval",
+        type=positive_seconds_arg,
+        default=DEFAULT_INTERVAL,
+        metavar="S",
+        help=f"seconds between two polls of the socket table, poll backend only "
+        f"(default: {DEFAULT_INTERVAL:g})",
+    )
+
+
+class Terminated(Exception):
+    """SIGTERM or SIGHUP arrived: a long-running command stops as if its time were up."""
+
+
+@contextmanager
+def stop_on_terminate() -> Iterator[None]:
+    """Turn the first SIGTERM/SIGHUP into `Terminated` in the main thread, so a long-running
+    command releases what it holds and exits normally; later ones are ignored while it does."""
+    caught = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+    def stop(signum: int, _frame: object) -> None:
+        for sig in caught:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in caught}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def emit_json(obj: object) -> None:

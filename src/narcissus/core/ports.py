@@ -207,6 +207,48 @@ def parse_port_range(text: str, *, what: str = "port range") -> PortRange:
     return PortRange(low, high)
 
 
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+def parse_host_port(
+    text: str, *, default_host: str = "127.0.0.1", what: str = "address"
+) -> tuple[str, int]:
+    """Validate a user-given `HOST:PORT`, `[IPV6]:PORT` or bare `PORT` (on `default_host`).
+
+    Port 0 is allowed: it asks the OS for any free port.
+    """
+    import ipaddress
+
+    raw = text.strip()
+    example = "127.0.0.1:9469, [::1]:9469 or 9469"
+    if raw.isdigit():
+        host, port_text = default_host, raw
+    elif raw.startswith("["):
+        host, sep, port_text = raw[1:].partition("]:")
+        if not sep:
+            raise InputError(f"{what} must look like {example}, got {text!r}")
+        try:
+            ipaddress.IPv6Address(host.partition("%")[0])
+        except ValueError:
+            raise InputError(f"{what}: {host!r} in brackets is not an IPv6 address") from None
+    else:
+        host, sep, port_text = raw.rpartition(":")
+        if not sep:
+            raise InputError(f"{what} must look like {example}, got {text!r}")
+        if ":" in host:
+            raise InputError(
+                f"{what}: write an IPv6 address in brackets, e.g. [{host}]:{port_text}"
+            )
+        if not _HOSTNAME.match(host):
+            raise InputError(
+                f"{what} needs a host before the port, e.g. 127.0.0.1:{port_text or 9469} "
+                f"(0.0.0.0:{port_text or 9469} for every interface), got {text!r}"
+            )
+    if port_text.strip() == "0":
+        return host, 0
+    return host, parse_port(port_text, what=f"{what} port")
+
+
 class PortStatus(str, Enum):
     """Where a port stands against an OS's ephemeral-port settings."""
 

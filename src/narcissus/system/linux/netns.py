@@ -75,6 +75,34 @@ def resolve(spec: str) -> Netns:
     return Netns(label, path, inode)
 
 
+def of_process(pid: int) -> Netns | None:
+    """The namespace process `pid` is in, labelled as `current()` and `ip netns` would
+    ("host", a name, `net:[inode]`); None if the process is gone or hidden from us."""
+    path = f"/proc/{pid}/ns/net"
+    try:
+        inode = _inode(path)
+    except OSError:
+        return None
+    try:
+        if _inode("/proc/1/ns/net") == inode:
+            return Netns("host", path, inode)
+    except OSError:
+        pass  # init is hidden (a container): fall through to names and our own label
+    try:
+        names = sorted(os.listdir(NAMED_NETNS_DIR))
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            if _inode(f"{NAMED_NETNS_DIR}/{name}") == inode:
+                return Netns(name, path, inode)
+        except OSError:
+            continue
+    own = current()
+    label = own.label if own.inode == inode else f"net:[{inode}]"
+    return Netns(label, path, inode)
+
+
 def all_namespaces() -> list[Netns]:
     """Every network namespace this process can see: its own, the named ones, and those of
     running processes (each listed once, by its first label)."""

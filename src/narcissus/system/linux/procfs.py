@@ -55,6 +55,20 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def thread_group(tid: int) -> int | None:
+    """The process id of thread `tid` (its thread group), or None if the thread is gone.
+
+    /proc/<tid> exists for every thread, though `ls /proc` lists only processes."""
+    try:
+        with open(f"/proc/{tid}/status", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _pids_fewest_descriptors_first() -> list[int]:
     sized: list[tuple[int, int]] = []
     with os.scandir("/proc") as entries:

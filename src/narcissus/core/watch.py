@@ -1,0 +1,122 @@
+"""Self-connect events, and what is new between two polls of the socket table.
+
+Rules: pure values and functions, no I/O. `narcissus.watch` builds events from either backend:
+a trace line (every self-connect, caught at the moment of simultaneous open) or a socket-table
+poll (only what is still there when the poll comes).
+
+A poll sees a self-connected socket while it lives and its TIME_WAIT remnant for a minute after
+it closed normally; it sees nothing of one that was closed abortively (RST) between two polls.
+`NewSelfConnects` decides which sockets of a poll are news: a 4-tuple not in the previous poll,
+or a live socket with a new inode on a known 4-tuple (the port was self-connected again). A
+remnant that was live in the previous poll is the same self-connect closing, not a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from narcissus.core.sockets import TcpSocket, TcpState
+from narcissus.core.values import Value
+
+
+class SelfConnectEvent(Value):
+    """One self-connect a watcher saw.
+
+    `time` is Unix seconds: when the kernel made the transition (ftrace) or when the poll saw
+    the socket. `pid` is the process (thread group) id and `thread` the thread the kernel ran
+    in; both, and `process`, are None when unknown (a TIME_WAIT remnant has no owner). `state`
+    is SYN_RECV for a self-connect caught as it happened, the socket's state for a polled one
+    (TIME_WAIT: a remnant of a closed one). `netns` labels the network namespace ("host", a
+    name from `ip netns`, or `net:[inode]`); for ftrace events it is the process's namespace,
+    because the trace line does not carry the socket's.
+    """
+
+    __slots__ = (
+        "address",
+        "backend",
+        "family",
+        "netns",
+        "pid",
+        "port",
+        "process",
+        "state",
+        "thread",
+        "time",
+    )
+
+    def __init__(
+        self,
+        time: float,
+        pid: int | None,
+        process: str | None,
+        family: str,
+        address: str,
+        port: int,
+        backend: str,
+        state: TcpState,
+        netns: str | None = None,
+        thread: int | None = None,
+    ) -> None:
+        self.time = time
+        self.pid = pid
+        self.process = process
+        self.family = family
+        self.address = address
+        self.port = port
+        self.backend = backend
+        self.state = state
+        self.netns = netns
+        self.thread = thread
+
+    @property
+    def remnant(self) -> bool:
+        """Seen only as the TIME_WAIT leftover of a self-connected socket that already closed."""
+        return self.state is TcpState.TIME_WAIT
+
+
+def event_from_socket(sock: TcpSocket, time: float, backend: str) -> SelfConnectEvent:
+    """The event for a self-connected socket a poll found (its first owner, if any)."""
+    owner = sock.owners[0] if sock.owners else None
+    return SelfConnectEvent(
+        time=time,
+        pid=owner.pid if owner else None,
+        process=owner.process if owner else None,
+        family=sock.family,
+        address=sock.local_address,
+        port=sock.local_port,
+        backend=backend,
+        state=sock.state,
+        netns=sock.netns,
+    )
+
+
+_Key = tuple[str, str, str, int]
+
+
+def _key(sock: TcpSocket) -> _Key:
+    return (sock.netns, sock.family, sock.local_address, sock.local_port)
+
+
+class NewSelfConnects:
+    """Remembers the previous poll and picks the news out of the next one."""
+
+    def __init__(self, baseline: Iterable[TcpSocket] = ()) -> None:
+        self._previous = self._index(baseline)
+
+    @staticmethod
+    def _index(sockets: Iterable[TcpSocket]) -> dict[_Key, set[int]]:
+        index: dict[_Key, set[int]] = {}
+        for sock in sockets:
+            index.setdefault(_key(sock), set()).add(0 if sock.is_remnant else sock.inode)
+        return index
+
+    def update(self, sockets: Iterable[TcpSocket]) -> list[TcpSocket]:
+        """The sockets of this poll that are new self-connects; this poll becomes the previous."""
+        current = list(sockets)
+        news: list[TcpSocket] = []
+        for sock in current:
+            seen = self._previous.get(_key(sock))
+            if seen is None or (not sock.is_remnant and sock.inode not in seen):
+                news.append(sock)
+        self._previous = self._index(current)
+        return news

@@ -1,0 +1,136 @@
+"""`narcissus watch` as a user runs it: a long-running process read line by line.
+
+ftrace sees every self-connect on the host, including other test runs', so the ftrace tests
+look for the pids they planted; the poll tests run inside a private namespace, where the only
+self-connects are the ones they plant.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    PrivateNetns,
+    Running,
+    assert_one_line_error,
+    needs_root,
+    plant,
+    run_cli,
+    run_unprivileged,
+    tracing_instances,
+)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux backends")
+
+
+@needs_root
+def test_json_ready_first_then_one_object_per_self_connect(netns: PrivateNetns) -> None:
+    with Running("watch", "--json", "--duration", "120") as watch:
+        ready = watch.json_line()
+        assert ready["event"] == "ready" and ready["backend"] == "ftrace"
+        assert ready["pid"] == watch.process.pid
+        assert tracing_instances(watch.process.pid)
+        with plant("self4", "self6", netns=netns) as planted:
+            first = watch.event_of(planted.pid)
+            second = watch.event_of(planted.pid)
+        status, _err = watch.stop(signal.SIGTERM)
+    assert status == 1  # SIGTERM ends it as --duration would; something was seen
+    assert tracing_instances(watch.process.pid) == []
+    ports = {s["port"] for s in planted.sockets}
+    assert {first["port"], second["port"]} == ports
+    for item in (first, second):
+        assert item["backend"] == "ftrace" and item["netns"] == netns.name
+        assert item["process"].startswith("python")
+        assert item["address"] in ("127.0.0.1", "::1")
+        assert item["time"].endswith("+00:00") and isinstance(item["timestamp"], float)
+        assert item["state"] == "SYN_RECV" and item["remnant"] is False
+
+
+@needs_root
+def test_ctrl_c_exits_130_and_removes_the_instance() -> None:
+    with Running("watch", "--json") as watch:
+        assert watch.json_line()["event"] == "ready"
+        assert tracing_instances(watch.process.pid)
+        status, err = watch.stop(signal.SIGINT)
+    assert status == 130, err
+    assert "interrupted" in err
+    assert tracing_instances(watch.process.pid) == []
+
+
+def test_poll_backend_text_output(netns: PrivateNetns) -> None:
+    args = ("watch", "--backend", "poll", "--interval", "0.1", "--duration", "60")
+    with Running(*args, netns=netns) as watch:
+        assert "backend poll; ready" in watch.line("stderr")
+        assert "shows only as its TIME_WAIT remnant" in watch.line("stderr")
+        with plant("self4", netns=netns) as planted:
+            line = watch.line("stdout")
+        status, err = watch.stop(signal.SIGTERM)
+    port = planted.ports("self4")[0]
+    assert f"self-connect  127.0.0.1:{port}  pid {planted.pid} (python" in line
+    assert "ESTABLISHED" in line
+    assert status == 1 and "saw 1 self-connect(s)" in err
+
+
+def test_nothing_seen_exits_0_after_the_duration(netns: PrivateNetns) -> None:
+    done = run_cli(
+        "watch", "--json", "--backend", "poll", "--interval", "0.1", "--duration", "0.5",
+        netns=netns,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [ready] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert ready == {
+        "event": "ready",
+        "backend": "poll",
+        "interval": 0.1,
+        "pid": ready["pid"],
+        "notes": ready["notes"],
+    }
+
+
+def test_exec_runs_a_command_per_event_with_the_event_in_its_environment(
+    netns: PrivateNetns, tmp_path: Path
+) -> None:
+    log = tmp_path / "events.log"
+    command = f'printf "%s %s %s\\n" "$NARCISSUS_PID" "$NARCISSUS_PORT" "$NARCISSUS_EVENT" >> {log}'
+    args = ("watch", "--json", "--backend", "poll", "--interval", "0.1", "--exec", command)
+    with Running(*args, netns=netns) as watch:
+        assert watch.json_line()["event"] == "ready"
+        with plant("self4", "remnant4", netns=netns) as planted:
+            watch.event_of(planted.pid)  # the remnant is in the same poll: both existed before
+        status, _err = watch.stop(signal.SIGTERM)
+    events = [item for item in watch.rest_json() if item["event"] == "self-connect"]
+    assert status == 1
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 == len(events)  # one command per event, and its output not in stdout
+    by_port = {int(line.split(" ", 2)[1]): line.split(" ", 2) for line in lines}
+    live = by_port[planted.ports("self4")[0]]
+    assert live[0] == str(planted.pid)
+    assert json.loads(live[2])["pid"] == planted.pid
+    remnant = by_port[planted.ports("remnant4")[0]]
+    assert remnant[0] == "" and json.loads(remnant[2])["remnant"] is True
+
+
+def test_without_root_it_polls_and_says_why(netns: PrivateNetns) -> None:
+    done = run_unprivileged("watch", "--json", "--duration", "0.3", netns=netns)
+    assert done.returncode == 0, done.stderr
+    ready = json.loads(done.stdout.splitlines()[0])
+    assert ready["backend"] == "poll"
+    assert "ftrace is not available here (ftrace needs root" in ready["notes"][0]
+    forced = run_unprivileged("watch", "--backend", "ftrace", "--duration", "0.3")
+    assert forced.returncode == 3
+    assert forced.stderr.count("\n") == 1 and "needs root" in forced.stderr
+    assert forced.stdout == ""
+
+
+def test_bad_input_gets_one_line_and_exit_2() -> None:
+    assert_one_line_error(run_cli("watch", "--duration", "0"), "--duration", "more than 0")
+    assert_one_line_error(run_cli("watch", "--duration", "soon"), "--duration", "'soon'")
+    assert_one_line_error(run_cli("watch", "--interval", "-1"), "--interval")
+    assert_one_line_error(run_cli("watch", "--duration", "nan"), "--duration")
+    assert_one_line_error(run_cli("watch", "--exec", " "), "--exec needs a command")
+    assert_one_line_error(run_cli("watch", "--backend", "bpf"), "--backend", "bpf")
