@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from narcissus.odds import estimate as estimate_odds
     from narcissus.ports import claimed_port, free_port, release_port
     from narcissus.reserve import reserve_ports
-    from narcissus.scan import scan_namespaces as scan
+    from narcissus.scanner import scan_namespaces as scan
     from narcissus.watch import Watcher, self_connects
 
 # public name -> (module, attribute), imported on first access
@@ -38,7 +38,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ephemeral_range": ("narcissus.host", "ephemeral_range"),
     "reserved_ports": ("narcissus.host", "reserved_ports"),
     "classify_port": ("narcissus.host", "classify_port"),
-    "scan": ("narcissus.scan", "scan_namespaces"),
+    "scan": ("narcissus.scanner", "scan_namespaces"),
     "install": ("narcissus.guard", "install"),
     "uninstall": ("narcissus.guard", "uninstall"),
     "guarded": ("narcissus.guard", "guarded"),

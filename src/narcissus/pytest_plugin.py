@@ -19,7 +19,7 @@ import pytest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from narcissus.core.selfconnect import SelfConnectEvent
+    from narcissus.core.selfconnect import PreventedSelfConnect
 
 # ---------------------------------------------------------------- options
 
@@ -58,7 +58,7 @@ class GuardSession:
     def __init__(self, config: pytest.Config) -> None:
         from narcissus.guard import add_listener, guarded, remove_listener
 
-        self.prevented: list[tuple[str, SelfConnectEvent]] = []
+        self.prevented: list[tuple[str, PreventedSelfConnect]] = []
         self._test = "(outside any test)"
         self._guard = guarded()
         self._guard.__enter__()
@@ -66,7 +66,7 @@ class GuardSession:
         config.add_cleanup(lambda: remove_listener(self._record))
         config.add_cleanup(lambda: self._guard.__exit__(None, None, None))
 
-    def _record(self, event: SelfConnectEvent) -> None:
+    def _record(self, event: PreventedSelfConnect) -> None:
         self.prevented.append((self._test, event))
 
     @pytest.hookimpl(hookwrapper=True)

@@ -41,3 +41,19 @@ def test_import_narcissus_loads_no_third_party_module() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_public_names_stay_functions_after_every_submodule_is_imported() -> None:
+    """A submodule named like a lazy public name would replace it on the package."""
+    code = (
+        "import importlib, pkgutil, narcissus\n"
+        "for info in pkgutil.walk_packages(narcissus.__path__, 'narcissus.'):\n"
+        "    if '_hook' not in info.name and not info.name.endswith('__main__'):\n"
+        "        importlib.import_module(info.name)\n"
+        "import types\n"
+        "bad = [n for n in narcissus.__all__\n"
+        "       if isinstance(getattr(narcissus, n), types.ModuleType)]\n"
+        "print(bad)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

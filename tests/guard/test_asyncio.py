@@ -10,7 +10,7 @@ import pytest
 
 import narcissus
 from narcissus import SelfConnectError, is_self_connected
-from narcissus.core.selfconnect import SelfConnectEvent
+from narcissus.core.selfconnect import PreventedSelfConnect
 from narcissus.guard import add_listener, remove_listener
 from tests.guard.selfconnects import FAMILIES, active_opens, bound_to_itself, narrowed_to_target
 from tests.support import PrivateNetns, needs_root
@@ -91,7 +91,7 @@ def test_streams_and_endpoints_in_a_one_port_namespace(guard: None, one_port: in
 def test_retries_in_asyncio(one_port: int) -> None:
     """TCP completes in the loop (the check after sock_connect); UDP connects at once (refused
     inside socket.connect, retried by sock_connect): both make 1 + retries attempts."""
-    events: list[SelfConnectEvent] = []
+    events: list[PreventedSelfConnect] = []
     record = events.append
 
     async def connect_udp() -> None:

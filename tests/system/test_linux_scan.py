@@ -114,7 +114,7 @@ def test_settings_are_read_per_namespace(netns: PrivateNetns) -> None:
 @needs_root
 def test_an_unprivileged_user_is_told_owners_are_not_visible() -> None:
     """Scan as `nobody` in a forked child (this interpreter, its modules already loaded)."""
-    from narcissus.scan import scan_namespaces
+    from narcissus.scanner import scan_namespaces
 
     with plant("self4") as planted:
         read_end, write_end = os.pipe()

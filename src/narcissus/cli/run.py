@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 
-from narcissus.core.selfconnect import MAX_RETRIES, SelfConnectEvent
+from narcissus.core.selfconnect import MAX_RETRIES, PreventedSelfConnect
 from narcissus.errors import InputError
 
 TAKES_COMMAND = True
@@ -96,7 +96,7 @@ def run(options: argparse.Namespace) -> int:
     return 0  # not reached: execve replaced this process
 
 
-def event_line(event: SelfConnectEvent, form: str) -> str:
+def event_line(event: PreventedSelfConnect, form: str) -> str:
     """The report line for one self-connect prevented, as text or as a JSON object."""
     if form == "json":
         return json.dumps(

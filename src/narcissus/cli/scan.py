@@ -9,7 +9,7 @@ from narcissus.cli import EXIT_FOUND, EXIT_OK
 from narcissus.cli._common import add_json_option, emit_json, scan_json
 from narcissus.core.sockets import ScanReport
 from narcissus.errors import InputError
-from narcissus.scan import scan_namespaces
+from narcissus.scanner import scan_namespaces
 
 SUMMARY = "list TCP sockets connected to themselves (and their TIME_WAIT remnants)"
 DESCRIPTION = """\

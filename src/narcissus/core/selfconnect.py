@@ -29,8 +29,9 @@ def same_endpoint(local: tuple[object, ...], peer: tuple[object, ...]) -> bool:
     return local[:2] == peer[:2] and local[3:] == peer[3:]
 
 
-class SelfConnectEvent(Value):
-    """One self-connect the guard caught and aborted.
+class PreventedSelfConnect(Value):
+    """One self-connect the guard caught and aborted in this process (what `narcissus watch`
+    sees on the whole host is a `narcissus.core.watch.SelfConnectEvent`).
 
     `host` and `port` are the endpoint the socket was connected to (itself), `family` "ipv4" or
     "ipv6", `transport` "tcp" or "udp", `pid` and `program` the process it happened in.

@@ -32,16 +32,16 @@ class SelfConnectEvent(Value):
     """
 
     __slots__ = (
-        "address",
-        "backend",
-        "family",
-        "netns",
-        "pid",
-        "port",
-        "process",
-        "state",
-        "thread",
         "time",
+        "pid",
+        "process",
+        "family",
+        "address",
+        "port",
+        "backend",
+        "state",
+        "netns",
+        "thread",
     )
 
     def __init__(

@@ -113,7 +113,7 @@ class guarded:
 
 
 def add_listener(listener: Listener) -> None:
-    """Call `listener(SelfConnectEvent)` for every self-connect the guard aborts (in the thread
+    """Call `listener(PreventedSelfConnect)` for every self-connect the guard aborts (in the thread
     that connected; keep it quick and let it not raise)."""
     from narcissus.guard import check
 

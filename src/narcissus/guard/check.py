@@ -23,14 +23,14 @@ import socket
 import struct
 import sys
 
-from narcissus.core.selfconnect import MAX_RETRIES, SelfConnectEvent, same_endpoint
+from narcissus.core.selfconnect import MAX_RETRIES, PreventedSelfConnect, same_endpoint
 from narcissus.errors import SelfConnectError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    Listener = Callable[[SelfConnectEvent], None]
+    Listener = Callable[[PreventedSelfConnect], None]
 
 __all__ = ["MAX_RETRIES", "abort", "is_self_connected", "refuse"]
 
@@ -68,7 +68,7 @@ def refuse(sock: socket.socket, address: object, attempt: int, may_retry: bool) 
     the caller then makes on the same socket)."""
     __tracebackhide__ = True  # pytest: the failure is the caller's connect, not this frame
     host, port = sock.getsockname()[:2]
-    event = SelfConnectEvent(
+    event = PreventedSelfConnect(
         host,
         port,
         "ipv6" if sock.family == socket.AF_INET6 else "ipv4",

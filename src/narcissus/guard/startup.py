@@ -24,7 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from narcissus.core.selfconnect import SelfConnectEvent
+    from narcissus.core.selfconnect import PreventedSelfConnect
 
 ENV_GUARD = "NARCISSUS_GUARD"
 ENV_RETRIES = "NARCISSUS_GUARD_RETRIES"
@@ -92,7 +92,7 @@ class _StderrReport:
     def __init__(self, form: str) -> None:
         self.form = form
 
-    def __call__(self, event: SelfConnectEvent) -> None:
+    def __call__(self, event: PreventedSelfConnect) -> None:
         # The line's format belongs to the command line; loaded on the first event only.
         from narcissus.cli.run import event_line
 

@@ -1,7 +1,8 @@
 """Find self-connected sockets across network namespaces and, if asked, destroy them.
 
-The library side of `narcissus scan`; kept apart from the doctor's audit so that the scan path
-imports only what it needs (it has to run faster than `ss`).
+The library side of `narcissus scan` (and `narcissus.scan()`: the module is not named `scan`, so
+that importing it never shadows that function); kept apart from the doctor's audit so that the
+scan path imports only what it needs (it has to run faster than `ss`).
 """
 
 from __future__ import annotations
