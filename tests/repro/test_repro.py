@@ -62,6 +62,22 @@ def test_natural_never_hits_an_odd_port_while_even_ports_are_free(netns: Private
     assert report["expected"] is None
 
 
+@needs_root
+def test_natural_with_cmd_runs_a_fresh_process_per_attempt(netns: PrivateNetns) -> None:
+    """The second report's loop, `while true; do telnet 127.0.0.1 P; done`, with bash's
+    /dev/tcp as the client: its connect succeeds only by self-connecting (nothing listens)."""
+    netns.set_port_range(40000, 40009)
+    client = ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/40004"]
+    status, report = repro_json("40004", "--max-attempts", "200", "--", *client, netns=netns)
+    assert status == 0 and report["self_connected"] is True
+    assert 1 <= int(report["attempts"]) < 200  # type: ignore[call-overload]
+    assert report["command_status"] == 0
+    assert [e["port"] for e in report["evidence"]] == [40004]  # type: ignore[union-attr]
+    odd_client = ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/40005"]
+    status, report = repro_json("40005", "--max-attempts", "5", "--", *odd_client, netns=netns)
+    assert status == 1 and report["attempts"] == 5 and report["self_connected"] is False
+
+
 def test_natural_explains_a_port_outside_the_range() -> None:
     status, report = repro_json("8080")
     assert status == 1 and report["attempts"] == 0

@@ -9,8 +9,9 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 
-from narcissus.repro.model import HoldOutcome
+from narcissus.repro.model import HoldOutcome, ReproRequest, ReproResult, SourcePorts
 from narcissus.repro.target import Target
 
 LINGER_ABORT = struct.pack("ii", 1, 0)
@@ -89,3 +90,41 @@ def hold_open(target: Target, seconds: float) -> HoldOutcome:
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(left, 0.2))
     return HoldOutcome(seconds, error)
+
+
+def connect_once(
+    request: ReproRequest,
+    target: Target,
+    start: float,
+    prepare: Callable[[socket.socket], None] | None = None,
+) -> ReproResult:
+    """One connect by our own client (after `prepare` sets its options): if it self-connected,
+    prove it and hold it as asked; then abort it, so no TIME_WAIT entry keeps the port."""
+    sock = new_socket(target)
+    try:
+        if prepare is not None:
+            prepare(sock)
+        connected, source_port = attempt(sock, target)
+        self_connected = connected and is_self_connected(sock)
+        proof = prove_echo(sock) if self_connected else None
+        hold = hold_open(target, request.hold) if self_connected and request.hold > 0 else None
+    finally:
+        abort(sock)
+    ports = SourcePorts()
+    ports.add(source_port)
+    if self_connected:
+        why = "self-connected"
+    elif connected:
+        why = f"something is listening on {target.host}:{target.port}"
+    else:
+        why = f"the kernel handed out port {source_port}, not {target.port}"
+    return ReproResult(
+        request,
+        self_connected,
+        1,
+        time.monotonic() - start,
+        source_ports=ports,
+        proof=proof,
+        hold=hold,
+        stopped_because=why,
+    )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from narcissus import system
 from narcissus.core.sockets import TcpSocket
 from narcissus.errors import InputError
+from narcissus.repro.model import ReproRequest, ReproResult
 from narcissus.repro.target import Target
 
 POLL_SECONDS = 0.02
@@ -28,6 +29,23 @@ class CommandOutcome:
     seconds: float
     output: str | None
     timed_out: bool
+
+    def result(self, request: ReproRequest, start: float, attempts: int = 1) -> ReproResult:
+        """This run of CMD as the reproduction's result."""
+        if self.self_connected:
+            why = "self-connected"
+        else:
+            why = "CMD timed out" if self.timed_out else "CMD exited"
+        return ReproResult(
+            request,
+            self.self_connected,
+            attempts,
+            time.monotonic() - start,
+            evidence=self.evidence,
+            command_status=self.status,
+            command_output=self.output,
+            stopped_because=why,
+        )
 
 
 def _target_sockets(target: Target) -> dict[int, TcpSocket]:

@@ -12,11 +12,12 @@ import pickle
 import signal
 import sys
 import time
+from dataclasses import replace
 
 from narcissus.errors import InputError, NarcissusError, UnsupportedError
 from narcissus.repro import client
 from narcissus.repro.command import run_command
-from narcissus.repro.model import ReproRequest, ReproResult, SourcePorts
+from narcissus.repro.model import ReproRequest, ReproResult
 from narcissus.repro.target import Target
 
 
@@ -38,36 +39,10 @@ def run_inside(
         ) from exc
     if request.command:
         outcome = run_command(request.command, target, request.timeout, capture=capture)
-        return ReproResult(
-            request,
-            outcome.self_connected,
-            1,
-            time.monotonic() - start,
-            evidence=tuple(sock.replace(netns="isolated") for sock in outcome.evidence),
-            command_status=outcome.status,
-            command_output=outcome.output,
-            stopped_because="CMD timed out" if outcome.timed_out else "CMD exited",
-        )
-    sock = client.new_socket(target)
-    try:
-        connected, source_port = client.attempt(sock, target)
-        self_connected = connected and client.is_self_connected(sock)
-        proof = client.prove_echo(sock) if self_connected else None
-        hold = client.hold_open(target, request.hold) if self_connected and request.hold else None
-    finally:
-        client.abort(sock)
-    ports = SourcePorts()
-    ports.add(source_port)
-    return ReproResult(
-        request,
-        self_connected,
-        1,
-        time.monotonic() - start,
-        source_ports=ports,
-        proof=proof,
-        hold=hold,
-        stopped_because="self-connected" if self_connected else f"got port {source_port}",
-    )
+        result = outcome.result(request, start)
+        isolated = tuple(sock.replace(netns="isolated") for sock in result.evidence)
+        return replace(result, evidence=isolated)
+    return client.connect_once(request, target, start)
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:

@@ -95,15 +95,6 @@ def _run_command_loop(
         attempts += 1
         outcome = run_command(request.command, target, left, capture=capture)
         if outcome.self_connected:
-            return ReproResult(
-                request,
-                True,
-                attempts,
-                time.monotonic() - start,
-                evidence=outcome.evidence,
-                command_status=outcome.status,
-                command_output=outcome.output,
-                stopped_because="self-connected",
-            )
+            return outcome.result(request, start, attempts)
     stopped = "max attempts reached" if attempts >= request.max_attempts else "timeout reached"
     return ReproResult(request, False, attempts, time.monotonic() - start, stopped_because=stopped)

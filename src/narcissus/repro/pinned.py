@@ -14,14 +14,12 @@ import time
 
 from narcissus.errors import UnsupportedError
 from narcissus.repro import client
-from narcissus.repro.model import ReproRequest, ReproResult, SourcePorts
+from narcissus.repro.model import ReproRequest, ReproResult
 from narcissus.repro.target import Target
 
 
 def run_pinned(request: ReproRequest, target: Target) -> ReproResult:
-    start = time.monotonic()
-    sock = client.new_socket(target)
-    try:
+    def pin(sock: socket.socket) -> None:
         try:
             value = struct.pack("=I", target.port | (target.port << 16))
             sock.setsockopt(socket.IPPROTO_IP, client.IP_LOCAL_PORT_RANGE, value)
@@ -32,29 +30,5 @@ def run_pinned(request: ReproRequest, target: Target) -> ReproResult:
                     "or --mode isolate"
                 ) from exc
             raise
-        connected, source_port = client.attempt(sock, target)
-        ports = SourcePorts()
-        ports.add(source_port)
-        if not connected or not client.is_self_connected(sock):
-            why = (
-                f"something is listening on {target.host}:{target.port}"
-                if connected
-                else f"the kernel handed out port {source_port}, not {target.port}"
-            )
-            return ReproResult(
-                request, False, 1, time.monotonic() - start, ports, stopped_because=why
-            )
-        proof = client.prove_echo(sock)
-        hold = client.hold_open(target, request.hold) if request.hold > 0 else None
-        return ReproResult(
-            request,
-            True,
-            1,
-            time.monotonic() - start,
-            ports,
-            proof=proof,
-            hold=hold,
-            stopped_because="self-connected",
-        )
-    finally:
-        client.abort(sock)
+
+    return client.connect_once(request, target, time.monotonic(), prepare=pin)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from narcissus.core.ports import EphemeralPorts
 from narcissus.core.steering import first_attempt_hit_chance, ports_to_hold
 from narcissus.repro import client
 from narcissus.repro.command import run_command
 from narcissus.repro.holder import PortHold
-from narcissus.repro.model import ReproRequest, ReproResult, SourcePorts, SteerSetup
+from narcissus.repro.model import ReproRequest, ReproResult, SteerSetup
 from narcissus.repro.target import Target
 
 
@@ -62,41 +63,7 @@ def run_steer(
             )
         if request.command:
             outcome = run_command(request.command, target, request.timeout, capture=capture)
-            return ReproResult(
-                request,
-                outcome.self_connected,
-                1,
-                time.monotonic() - start,
-                evidence=outcome.evidence,
-                command_status=outcome.status,
-                command_output=outcome.output,
-                steer=setup,
-                notes=tuple(notes),
-                stopped_because="CMD timed out" if outcome.timed_out else "CMD exited",
-            )
-        sock = client.new_socket(target)
-        try:
-            connected, source_port = client.attempt(sock, target)
-            ports = SourcePorts()
-            ports.add(source_port)
-            self_connected = connected and client.is_self_connected(sock)
-            proof = client.prove_echo(sock) if self_connected else None
-            hold_outcome = (
-                client.hold_open(target, request.hold)
-                if self_connected and request.hold > 0
-                else None
-            )
-        finally:
-            client.abort(sock)
-    return ReproResult(
-        request,
-        self_connected,
-        1,
-        time.monotonic() - start,
-        source_ports=ports,
-        proof=proof,
-        hold=hold_outcome,
-        steer=setup,
-        notes=tuple(notes),
-        stopped_because="self-connected" if self_connected else f"got port {source_port}",
-    )
+            result = outcome.result(request, start)
+        else:
+            result = client.connect_once(request, target, start)
+    return replace(result, steer=setup, notes=tuple(notes))

@@ -9,23 +9,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from narcissus.core.namespaces import Netns
 from narcissus.core.ports import DEFAULT_RANGES, EphemeralPorts, PortRange, PortSet
 from narcissus.core.sockets import KillResult, Owner, ScanReport, TcpSocket, TcpState
-from narcissus.core.values import Value
 from narcissus.errors import InputError, UnsupportedError
 
 BACKEND = "psutil"
-
-
-class Netns(Value):
-    """Stand-in so every OS module shares one signature; non-Linux hosts have only this one."""
-
-    __slots__ = ("label", "path", "inode")
-
-    def __init__(self, label: str, path: str, inode: int) -> None:
-        self.label = label
-        self.path = path
-        self.inode = inode
 
 
 HOST = Netns("host", "", 0)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from narcissus.core.namespaces import Netns
 from narcissus.core.os_settings import parse_sysctl_values
 from narcissus.core.ports import EphemeralPorts, PortRange, PortSet
 from narcissus.system._portable import (
     BACKEND,
-    Netns,
     destroy,
     listening_sockets,
     namespaces,

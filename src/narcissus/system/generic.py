@@ -3,10 +3,10 @@ and said to be a guess)."""
 
 from __future__ import annotations
 
+from narcissus.core.namespaces import Netns
 from narcissus.core.ports import EphemeralPorts, PortRange, PortSet
 from narcissus.system._portable import (
     BACKEND,
-    Netns,
     destroy,
     listening_sockets,
     namespaces,

@@ -3,6 +3,7 @@ so the parsers read numbers only), psutil for sockets."""
 
 from __future__ import annotations
 
+from narcissus.core.namespaces import Netns
 from narcissus.core.os_settings import (
     parse_netsh_dynamic_port_range,
     parse_netsh_excluded_port_ranges,
@@ -10,7 +11,6 @@ from narcissus.core.os_settings import (
 from narcissus.core.ports import EphemeralPorts, PortRange, PortSet
 from narcissus.system._portable import (
     BACKEND,
-    Netns,
     destroy,
     listening_sockets,
     namespaces,

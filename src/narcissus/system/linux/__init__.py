@@ -11,6 +11,7 @@ import contextlib
 import socket
 
 from narcissus.core import inet_diag
+from narcissus.core.namespaces import Netns
 from narcissus.core.sockets import (
     ALL_STATES_MASK,
     KillResult,
@@ -20,7 +21,6 @@ from narcissus.core.sockets import (
     state_mask,
 )
 from narcissus.system.linux import netns as _netns
-from narcissus.system.linux.netns import Netns
 from narcissus.system.linux.procfs import find_owners, process_start_time
 from narcissus.system.linux.sockdiag import SockDiag
 

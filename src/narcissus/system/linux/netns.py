@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from narcissus.core.values import Value
+from narcissus.core.namespaces import Netns
 from narcissus.errors import InputError, UnsupportedError
 
 CLONE_NEWNET = 0x40000000
@@ -22,17 +22,6 @@ _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 _IFREQ = "16sH22x"
-
-
-class Netns(Value):
-    """A network namespace: a label for people, a path to its nsfs file, and its inode."""
-
-    __slots__ = ("label", "path", "inode")
-
-    def __init__(self, label: str, path: str, inode: int) -> None:
-        self.label = label
-        self.path = path
-        self.inode = inode
 
 
 def _inode(path: str) -> int:
