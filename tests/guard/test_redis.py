@@ -62,7 +62,7 @@ def redis_server(netns: PrivateNetns) -> Iterator[subprocess.Popen[str]]:
     )
     try:
         assert server.stdout is not None
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # generous: a loaded 2-core CI machine is slow to fork
         log = ""
         while "Ready to accept connections" not in log:
             remaining = deadline - time.monotonic()
