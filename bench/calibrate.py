@@ -88,7 +88,7 @@ def main() -> int:
 
     odd_port = port_range.low + 2 * (len(port_range) // 4) + 1
     odd = attempts_to_self_connect(
-        odd_port, max_attempts=options.odd_attempts, max_seconds=RUN_CAP_SECONDS * 4
+        odd_port, max_attempts=options.odd_attempts, timeout=RUN_CAP_SECONDS * 4
     )
     odd_model = narcissus.odds.estimate(odd_port, model="linux", interval=spacing)
 

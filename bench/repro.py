@@ -59,9 +59,10 @@ def first_attempt_rate(
     seconds: list[float] = []
     setups: list[float] = []
     for _ in range(trials):
+        began = time.monotonic()  # wall clock: isolate's process start-up counts too
         result = reproduce(ReproRequest(port, "127.0.0.1", mode, max_attempts=1))
+        seconds.append(time.monotonic() - began)
         hits += result.self_connected and result.attempts == 1
-        seconds.append(result.seconds)
         if result.steer is not None:
             setups.append(result.steer.seconds)
     return hits, seconds, setups

@@ -296,3 +296,43 @@ def _is_zombie(pid: int) -> bool:
 )
 def test_bad_input_gets_one_line_and_exit_2(args: list[str], fragment: str) -> None:
     assert_one_line_error(run_cli("repro", *args), fragment)
+
+
+def test_socket_allocator_probes_and_burns_through_our_own_listener() -> None:
+    from narcissus.repro.sequential import SocketAllocator
+
+    with SocketAllocator(socket.AF_INET) as allocator:
+        ports = [allocator.probe() for _ in range(5)]
+        allocator.burn(20)
+    settings = narcissus_host_settings()
+    assert all(port in settings.range for port in ports)
+    assert len(set(ports)) == 5
+
+
+@needs_root
+def test_steer_on_a_sequential_os_burns_instead_of_holding(netns: PrivateNetns) -> None:
+    """The macOS/Windows path wired end to end, run against this (non-sequential) kernel with
+    a Windows model of a tiny range: it must burn, look, and end within its bounds."""
+    from narcissus.core.ports import PortClass, PortStatus
+    from narcissus.repro import Preflight
+
+    netns.set_port_range(40000, 40009)
+    settings = EphemeralPorts("windows", PortRange(40000, 40009), PortSet(), "test")
+    request = ReproRequest(40004, "127.0.0.1", Mode.STEER)
+    checked = Preflight(
+        resolve_target("127.0.0.1", 40004),
+        settings,
+        PortClass(40004, PortStatus.INSIDE, settings),
+        "test",
+        True,
+    )
+    with netns.entered():
+        result = reproduce(request, checked=checked)
+    assert result.steer is not None and result.steer.method == "burn"
+    assert result.notes and "burned" in result.notes[0]
+
+
+def narcissus_host_settings() -> EphemeralPorts:
+    from narcissus.host import ephemeral_ports
+
+    return ephemeral_ports()

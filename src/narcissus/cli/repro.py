@@ -138,6 +138,8 @@ def result_json(checked: Preflight, result: ReproResult) -> dict[str, Any]:
             "setup_seconds": round(result.steer.seconds, 6),
             "blockers": list(result.steer.blockers),
             "hit_chance": result.steer.hit_chance,
+            "method": result.steer.method,
+            "burned": result.steer.burned,
         },
         "expected": None
         if checked.expected is None
@@ -196,6 +198,13 @@ def _print_steer(steer: SteerSetup) -> None:
     from narcissus.cli._common import console
 
     out = console()
+    if steer.method == "burn":
+        out.print(
+            f"  burned {steer.burned:,} connections in {steer.seconds:.2f} s to move the global "
+            "port counter just before the target"
+        )
+        sys.stdout.flush()
+        return
     helpers = f" with {steer.helper_processes} helper process(es)" if steer.helper_processes else ""
     out.print(f"  held {steer.held:,} ports{helpers} in {steer.seconds:.2f} s")
     if steer.blockers:

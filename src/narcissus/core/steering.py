@@ -158,6 +158,7 @@ def steer_sequential(
     *,
     max_probes: int = 64,
     margin: int = 2,
+    max_laps: int = 4,
 ) -> SequentialSteer:
     """Burn connections until the next one the allocator hands out is `target`.
 
@@ -165,7 +166,9 @@ def steer_sequential(
     took since the last one, which gives their rate per connection we make; every burn leaves
     room for the expected number of theirs (mean + 3 sigma + `margin`) so the counter creeps up
     on the target instead of overshooting it, which would cost a whole trip round the range.
+    Bounded by `max_probes` looks and `max_laps` trips round the range's worth of burns.
     """
+    max_burned = max_laps * len(settings.range)
     burned = 0
     ours = theirs = 0
     expected: int | None = None
@@ -182,6 +185,8 @@ def steer_sequential(
         others = rate * distance
         room = int(others + 3 * others**0.5) + margin
         step = distance - room if distance > room else distance - 1
+        if burned + step > max_burned:
+            return SequentialSteer(False, probes, burned, "gave up after going round the range")
         if step > 0:
             allocator.burn(step)
             burned += step

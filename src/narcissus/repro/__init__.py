@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from narcissus.repro.target import Target, resolve_target
 __all__ = ["Mode", "Preflight", "ReproRequest", "ReproResult", "preflight", "reproduce"]
 
 
+SEQUENTIAL_ALLOCATORS = ("darwin", "windows")  # one global counter, +1 per connection
 ATTEMPT_SECONDS = 30e-6  # a refused loopback connect (shared FACTS), for the estimate
 
 
@@ -98,6 +100,11 @@ def preflight(request: ReproRequest) -> Preflight:
             "the private namespace has nothing else"
         )
     settings = ephemeral_ports()
+    if settings.os == "darwin" and target.family == socket.AF_INET:
+        raise InputError(
+            "macOS refuses IPv4 self-connects (EINVAL): nothing to reproduce at "
+            f"{target.address}; try --host ::1"
+        )
     verdict = settings.classify(request.port)
     if request.mode is Mode.ISOLATE:
         return Preflight(
@@ -136,8 +143,17 @@ def reproduce(
         return ReproResult(
             request, False, 0, 0.0, notes=(ready.explanation,), stopped_because="not possible"
         )
+    sequential = ready.settings.os in SEQUENTIAL_ALLOCATORS
+    if request.mode is Mode.STEER and sequential:
+        from narcissus.repro.sequential import run_steer_sequential
+
+        return run_steer_sequential(
+            request, ready.target, ready.settings, capture=capture, announce=announce
+        )
     if not sys.platform.startswith("linux") and request.mode is not Mode.NATURAL:
-        raise UnsupportedError(f"--mode {request.mode.value} is implemented for Linux only here")
+        raise UnsupportedError(
+            f"--mode {request.mode.value} needs Linux (steer also works on macOS and Windows)"
+        )
     if request.mode is Mode.NATURAL:
         from narcissus.repro.natural import run_natural
 

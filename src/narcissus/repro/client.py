@@ -41,18 +41,19 @@ def new_socket(target: Target) -> socket.socket:
     return sock
 
 
+_REFUSED = (errno.ECONNREFUSED, errno.ECONNRESET)
+
+
 def attempt(sock: socket.socket, target: Target) -> tuple[bool, int]:
-    """Connect once; returns (connected, the source port the OS handed out)."""
+    """Connect once; returns (connected, the source port the OS handed out). connect_ex: a
+    refused connect is the common case in a natural loop, and raising for it costs more."""
+    error = sock.connect_ex(target.sockaddr)
+    if error and error not in _REFUSED:
+        raise OSError(error, f"connect to {target.address}:{target.port}: {os.strerror(error)}")
     try:
-        sock.connect(target.sockaddr)
-    except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ECONNRESET):
-            raise
-        try:
-            return False, int(sock.getsockname()[1])
-        except OSError:
-            return False, 0
-    return True, int(sock.getsockname()[1])
+        return error == 0, int(sock.getsockname()[1])
+    except OSError:
+        return error == 0, 0
 
 
 def prove_echo(sock: socket.socket, timeout: float = 2.0) -> str | None:

@@ -64,13 +64,17 @@ class HoldOutcome:
 
 @dataclass(frozen=True, slots=True)
 class SteerSetup:
-    """What steering held, how long that took, and what it could not hold."""
+    """What steering did and how long it took. Linux: ports `held`, spread over helper
+    processes, and the `blockers` it could not hold. macOS and Windows (`method` "burn"):
+    connections `burned` until the global counter stood just before the target."""
 
     held: int
     helper_processes: int
     seconds: float
     blockers: tuple[int, ...]
     hit_chance: float
+    method: str = "hold"
+    burned: int = 0
 
 
 @dataclass(frozen=True, slots=True)

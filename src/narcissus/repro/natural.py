@@ -49,6 +49,7 @@ def run_natural(
                 progress(attempts)
         attempts += 1
         sock = client.new_socket(target)
+        connected = False
         try:
             connected, source_port = client.attempt(sock, target)
             ports.add(source_port)
@@ -70,7 +71,10 @@ def run_natural(
                 stopped_because="self-connected",
             )
         finally:
-            client.abort(sock)
+            if connected:
+                client.abort(sock)  # RST: no TIME_WAIT left holding the port
+            else:
+                sock.close()  # a refused socket holds nothing
     return ReproResult(
         request,
         False,
