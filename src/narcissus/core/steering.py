@@ -158,7 +158,7 @@ def steer_sequential(
     *,
     max_probes: int = 64,
     margin: int = 2,
-    max_laps: int = 4,
+    max_laps: int = 16,
 ) -> SequentialSteer:
     """Burn connections until the next one the allocator hands out is `target`.
 

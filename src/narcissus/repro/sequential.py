@@ -17,7 +17,7 @@ from dataclasses import replace
 from types import TracebackType
 
 from narcissus.core.ports import EphemeralPorts
-from narcissus.core.steering import steer_sequential
+from narcissus.core.steering import SequentialSteer, steer_sequential
 from narcissus.repro import client
 from narcissus.repro.command import run_command
 from narcissus.repro.model import ReproRequest, ReproResult, SteerSetup
@@ -27,9 +27,10 @@ from narcissus.repro.target import Target
 class SocketAllocator:
     """The OS allocator, seen through connections to our own loopback listener."""
 
-    def __init__(self, family: int) -> None:
+    def __init__(self, family: int, deadline: float = float("inf")) -> None:
         loopback = "::1" if family == socket.AF_INET6 else "127.0.0.1"
         self._family = family
+        self._deadline = deadline
         self._listener = socket.socket(family, socket.SOCK_STREAM)
         try:
             self._listener.bind((loopback, 0))
@@ -40,7 +41,9 @@ class SocketAllocator:
         self._address = self._listener.getsockname()[:2]
 
     def probe(self) -> int:
-        """One connection; the port the allocator handed it."""
+        """One connection; the port the allocator handed it. TimeoutError past the deadline."""
+        if time.monotonic() > self._deadline:
+            raise TimeoutError("steering ran out of time (--timeout)")
         sock = socket.socket(self._family, socket.SOCK_STREAM)
         try:
             sock.connect(self._address)
@@ -79,8 +82,11 @@ def run_steer_sequential(
     announce: Callable[[SteerSetup], None] | None = None,
 ) -> ReproResult:
     start = time.monotonic()
-    with SocketAllocator(target.family) as allocator:
-        outcome = steer_sequential(settings, target.port, allocator)
+    with SocketAllocator(target.family, start + request.timeout) as allocator:
+        try:
+            outcome = steer_sequential(settings, target.port, allocator)
+        except TimeoutError as exc:
+            outcome = SequentialSteer(False, 0, 0, str(exc))
     setup = SteerSetup(
         held=0,
         helper_processes=0,
