@@ -7,30 +7,22 @@ import contextlib
 import errno
 import os
 import socket
-import struct
 import time
 from collections.abc import Callable
 
+from narcissus.guard import check
+from narcissus.guard.check import is_self_connected
 from narcissus.repro.model import HoldOutcome, ReproRequest, ReproResult, SourcePorts
 from narcissus.repro.target import Target
 
-LINGER_ABORT = struct.pack("ii", 1, 0)
 IP_LOCAL_PORT_RANGE = 51  # Linux >= 6.3, level IPPROTO_IP
 
 
-def is_self_connected(sock: socket.socket) -> bool:
-    try:
-        local: tuple[object, ...] = sock.getsockname()[:2]
-        peer: tuple[object, ...] = sock.getpeername()[:2]
-    except OSError:
-        return False
-    return local == peer
-
-
 def abort(sock: socket.socket) -> None:
-    """Close with RST (SO_LINGER 0), so no TIME_WAIT entry keeps holding the port."""
+    """Reset the connection as the guard does (no TIME_WAIT entry keeps holding the port),
+    then close the socket: our own client is done with it."""
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
+        check.abort(sock)
     sock.close()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from narcissus.guard.check import is_self_connected
 from narcissus.repro import client
 from narcissus.repro.command import run_command
 from narcissus.repro.model import ReproRequest, ReproResult, SourcePorts
@@ -55,7 +56,7 @@ def run_natural(
             ports.add(source_port)
             if not connected:
                 continue
-            if not client.is_self_connected(sock):
+            if not is_self_connected(sock):
                 stopped = f"something is listening on {target.host}:{target.port}"
                 break
             proof = client.prove_echo(sock)

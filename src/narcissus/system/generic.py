@@ -4,7 +4,7 @@ and said to be a guess)."""
 from __future__ import annotations
 
 from narcissus.core.namespaces import Netns
-from narcissus.core.ports import EphemeralPorts, PortRange, PortSet
+from narcissus.core.ports import DEFAULT_RANGES, EphemeralPorts, PortRange, PortSet
 from narcissus.system._portable import (
     BACKEND,
     destroy,
@@ -30,7 +30,7 @@ __all__ = [
 def ephemeral_ports(netns: Netns | None = None) -> EphemeralPorts:
     return EphemeralPorts(
         os="linux",
-        range=PortRange(32768, 60999),
+        range=PortRange(*DEFAULT_RANGES["linux"]),
         reserved=PortSet(),
         source="guess",
         fallback_reason="no module reads this OS's ephemeral range: showing Linux's default",
