@@ -44,10 +44,10 @@ def main() -> int:
 
     from scipy.stats import ks_2samp
 
-    import narcissus.odds
+    import narcissus.quantify.odds
     from narcissus.core import montecarlo
-    from narcissus.core.odds import locate, plan_for
-    from narcissus.host import ephemeral_ports
+    from narcissus.core.odds import Question, locate, plan_for
+    from narcissus.diagnose.ports import ephemeral_ports
     from narcissus.repro.natural import attempts_to_self_connect
 
     settings = ephemeral_ports()
@@ -74,7 +74,7 @@ def main() -> int:
     spacing = seconds / attempts_total
     print(f"measured {spacing * 1e6:.1f} us per attempt", file=sys.stderr)
 
-    model = narcissus.odds.estimate(
+    model = narcissus.estimate_odds(
         port_range.low + 2 * (len(port_range) // 4),
         model="linux",
         interval=spacing,
@@ -90,14 +90,13 @@ def main() -> int:
     odd = attempts_to_self_connect(
         odd_port, max_attempts=options.odd_attempts, timeout=RUN_CAP_SECONDS * 4
     )
-    odd_model = narcissus.odds.estimate(odd_port, model="linux", interval=spacing)
+    odd_model = narcissus.estimate_odds(odd_port, model="linux", interval=spacing)
 
     # Monte Carlo speed: the default scenario (200 ms) and the tight loop, timed here.
     speeds = []
     for interval in (0.2, spacing):
-        scenario, _ = narcissus.odds.scenario(
-            None, model="linux", interval=interval, port_range=port_range
-        )
+        question = Question(model="linux", interval=interval, port_range=port_range)
+        scenario, _ = narcissus.quantify.odds.scenario(question)
         plan = plan_for(scenario, locate(scenario))
         start = time.perf_counter()
         result = montecarlo.simulate(

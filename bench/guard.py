@@ -122,7 +122,8 @@ def main() -> int:
     imports = [import_ms(env, "import narcissus", "narcissus") for _ in range(options.imports)]
     guard_env = dict(env, NARCISSUS_GUARD="1")
     startup = [
-        import_ms(guard_env, "pass", "narcissus.guard.startup") for _ in range(options.imports)
+        import_ms(guard_env, "pass", "narcissus.prevent.guard.startup")
+        for _ in range(options.imports)
     ]
 
     count = len(blocks["guard"]) * options.block
@@ -148,8 +149,8 @@ def main() -> int:
         f"goal < 5 ms  {verdict(import_median < 5)}"
     )
     print(
-        f"  NARCISSUS_GUARD=1 start-up: narcissus.guard.startup {statistics.median(startup):.2f}"
-        " ms (imports socket and the guard; nothing when unset)"
+        "  NARCISSUS_GUARD=1 start-up: narcissus.prevent.guard.startup "
+        f"{statistics.median(startup):.2f} ms (imports socket and the guard; nothing when unset)"
     )
     return 0 if guard_vs_anchor <= 1.03 and import_median < 5 else 1
 

@@ -21,38 +21,43 @@ from narcissus.errors import InputError, NarcissusError, SelfConnectError, Unsup
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from narcissus.core.watch import SelfConnectEvent
-    from narcissus.exporter import MetricsExporter
-    from narcissus.guard import guarded, install, uninstall
-    from narcissus.guard.check import is_self_connected
-    from narcissus.host import classify_port, ephemeral_ports, ephemeral_range, reserved_ports
-    from narcissus.lint import lint_paths
-    from narcissus.odds import estimate as estimate_odds
-    from narcissus.ports import claimed_port, free_port, release_port
-    from narcissus.reserve import reserve_ports
-    from narcissus.scanner import scan_namespaces as scan
-    from narcissus.watch import Watcher, self_connects
+    from narcissus.diagnose.ports import (
+        classify_port,
+        ephemeral_ports,
+        ephemeral_range,
+        reserved_ports,
+    )
+    from narcissus.diagnose.scan import scan_namespaces as scan
+    from narcissus.diagnose.watch import Watcher, self_connects
+    from narcissus.fleet.exporter import MetricsExporter
+    from narcissus.prevent.free_port import claimed_port, free_port, release_port
+    from narcissus.prevent.guard import guarded, install, uninstall
+    from narcissus.prevent.guard.check import is_self_connected
+    from narcissus.prevent.lint import lint_paths
+    from narcissus.prevent.reserve import reserve_ports
+    from narcissus.quantify.odds import estimate_odds
 
 # public name -> (module, attribute), imported on first access
 _LAZY: dict[str, tuple[str, str]] = {
-    "ephemeral_ports": ("narcissus.host", "ephemeral_ports"),
-    "ephemeral_range": ("narcissus.host", "ephemeral_range"),
-    "reserved_ports": ("narcissus.host", "reserved_ports"),
-    "classify_port": ("narcissus.host", "classify_port"),
-    "scan": ("narcissus.scanner", "scan_namespaces"),
-    "install": ("narcissus.guard", "install"),
-    "uninstall": ("narcissus.guard", "uninstall"),
-    "guarded": ("narcissus.guard", "guarded"),
-    "is_self_connected": ("narcissus.guard.check", "is_self_connected"),
-    "free_port": ("narcissus.ports", "free_port"),
-    "release_port": ("narcissus.ports", "release_port"),
-    "claimed_port": ("narcissus.ports", "claimed_port"),
-    "reserve_ports": ("narcissus.reserve", "reserve_ports"),
-    "lint_paths": ("narcissus.lint", "lint_paths"),
-    "estimate_odds": ("narcissus.odds", "estimate"),
-    "Watcher": ("narcissus.watch", "Watcher"),
-    "self_connects": ("narcissus.watch", "self_connects"),
+    "ephemeral_ports": ("narcissus.diagnose.ports", "ephemeral_ports"),
+    "ephemeral_range": ("narcissus.diagnose.ports", "ephemeral_range"),
+    "reserved_ports": ("narcissus.diagnose.ports", "reserved_ports"),
+    "classify_port": ("narcissus.diagnose.ports", "classify_port"),
+    "scan": ("narcissus.diagnose.scan", "scan_namespaces"),
+    "install": ("narcissus.prevent.guard", "install"),
+    "uninstall": ("narcissus.prevent.guard", "uninstall"),
+    "guarded": ("narcissus.prevent.guard", "guarded"),
+    "is_self_connected": ("narcissus.prevent.guard.check", "is_self_connected"),
+    "free_port": ("narcissus.prevent.free_port", "free_port"),
+    "release_port": ("narcissus.prevent.free_port", "release_port"),
+    "claimed_port": ("narcissus.prevent.free_port", "claimed_port"),
+    "reserve_ports": ("narcissus.prevent.reserve", "reserve_ports"),
+    "lint_paths": ("narcissus.prevent.lint", "lint_paths"),
+    "estimate_odds": ("narcissus.quantify.odds", "estimate_odds"),
+    "Watcher": ("narcissus.diagnose.watch", "Watcher"),
+    "self_connects": ("narcissus.diagnose.watch", "self_connects"),
     "SelfConnectEvent": ("narcissus.core.watch", "SelfConnectEvent"),
-    "MetricsExporter": ("narcissus.exporter", "MetricsExporter"),
+    "MetricsExporter": ("narcissus.fleet.exporter", "MetricsExporter"),
 }
 
 __all__ = [

@@ -62,10 +62,14 @@ def _rebuild_self_connect_error(address: object, port: int | None, attempts: int
     return SelfConnectError(address, port=port, attempts=attempts)
 
 
+def endpoint_text(host: object, port: object) -> str:
+    """`127.0.0.1:6379`, `[::1]:6379`: an address as people write it (messages, event lines)."""
+    text = str(host)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
 def _endpoint_text(address: object) -> str:
     """`127.0.0.1:6379`, `[::1]:6379` for an (host, port, ...) address; else its repr."""
     if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[0], str):
-        from narcissus.core.selfconnect import endpoint_text
-
         return endpoint_text(address[0], address[1])
     return repr(address)

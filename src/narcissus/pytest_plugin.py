@@ -56,7 +56,7 @@ class GuardSession:
     NAME = "narcissus-guard"
 
     def __init__(self, config: pytest.Config) -> None:
-        from narcissus.guard import add_listener, guarded, remove_listener
+        from narcissus.prevent.guard import add_listener, guarded, remove_listener
 
         self.prevented: list[tuple[str, PreventedSelfConnect]] = []
         self._test = "(outside any test)"
@@ -99,7 +99,7 @@ class GuardSession:
 @pytest.fixture
 def free_port() -> Iterator[int]:
     """A free TCP port outside the ephemeral range, claimed for this test only."""
-    from narcissus.ports import claimed_port
+    from narcissus.prevent.free_port import claimed_port
 
     with claimed_port() as port:
         yield port

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from narcissus.core.safe_ports import Claim
-from narcissus.ports import CLAIMS_ENV
+from narcissus.core.free_port import Claim
+from narcissus.prevent.free_port import CLAIMS_ENV
 from tests.support import PrivateNetns, assert_one_line_error, run_cli
 
 

@@ -10,7 +10,7 @@ from narcissus.core.allocators import MODELS, Visiting, build_ring, model_for
 from narcissus.core.odds import Exposure, Geometric, Sweep, Windowed
 from narcissus.core.ports import PortRange, PortSet, parse_port_list
 from narcissus.errors import InputError
-from narcissus.odds import Estimate, estimate
+from narcissus.quantify.odds import Estimate, estimate_odds
 
 SMALL = PortRange(40000, 40999)  # small rings keep the simulations quick
 
@@ -18,7 +18,7 @@ SMALL = PortRange(40000, 40999)  # small rings keep the simulations quick
 def odds(model: str, port: int, **kwargs: object) -> Estimate:
     settings: dict[str, object] = {"port_range": SMALL, "reserved": PortSet()}
     settings.update(kwargs)
-    return estimate(port, model=model, **settings)  # type: ignore[arg-type]
+    return estimate_odds(port, model=model, **settings)
 
 
 # One scenario per model that has a closed form; reserved ports just before the target make the
@@ -60,7 +60,7 @@ def test_the_original_report_a_200ms_retry_over_16384_ports_self_connects_within
     None
 ):
     for method in ("auto", "simulate"):
-        result = estimate(
+        result = estimate_odds(
             49152,
             model="windows",
             interval=0.2,
@@ -114,7 +114,7 @@ def test_macos_refuses_ipv4_self_connects_but_not_ipv6() -> None:
 def test_a_tight_loop_on_linux_needs_fewer_attempts_than_fresh_draws() -> None:
     """One key holds a tight loop for many laps, and a missed lap leaves the walk just past the
     target, so the next pass is a full lap later: ~12,550 attempts against 14,116 (FACTS)."""
-    tight = estimate(
+    tight = estimate_odds(
         50000,
         model="linux",
         interval=30e-6,
@@ -147,8 +147,8 @@ def test_the_freebsd_13_throttle_turns_a_fast_loop_into_a_sweep() -> None:
     """More than 10 connects in a second make FreeBSD <= 13 sequential: a 1 ms loop then sweeps
     all 55,535 ports within a minute, while FreeBSD 14 keeps drawing at random."""
     settings: dict[str, object] = {"interval": 0.001, "horizon": 60.0, "trials": 500, "seed": 2}
-    old = estimate(50000, model="freebsd-13", **settings)  # type: ignore[arg-type]
-    new = estimate(50000, model="freebsd", **settings)  # type: ignore[arg-type]
+    old = estimate_odds(50000, model="freebsd-13", **settings)
+    new = estimate_odds(50000, model="freebsd", **settings)
     assert old.method == "monte carlo" and old.p_within_horizon == 1.0
     assert new.p_within_horizon == pytest.approx(1 - (1 - 1 / 55535) ** 60000, rel=1e-6)
 

@@ -2,17 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from narcissus.core.ports import (
-    EphemeralPorts,
-    PortRange,
-    PortSet,
-    PortStatus,
-    kernel_version,
-    linux_prefers_parity,
-    parse_port,
-    parse_port_list,
-    parse_port_range,
-)
+from narcissus.core.ephemeral import EphemeralPorts, PortStatus
+from narcissus.core.ports import PortRange, PortSet, parse_port, parse_port_list, parse_port_range
 from narcissus.errors import InputError
 
 
@@ -117,13 +108,3 @@ def test_reasons_name_the_port_and_the_range() -> None:
     text = settings.classify(50002).reason()
     assert "50002" in text and "connect to itself" in text and "parity first" in text
     assert "unlikely" in settings.classify(50003).reason()
-
-
-def test_kernel_version_and_parity_rule() -> None:
-    assert kernel_version("6.18.44-fc-v782") == (6, 18, 44)
-    assert kernel_version("4.6") == (4, 6, 0)
-    assert kernel_version("garbage") == (0, 0, 0)
-    assert linux_prefers_parity("4.6.0")
-    assert linux_prefers_parity("5.18.1-generic")
-    assert not linux_prefers_parity("4.5.7")
-    assert not linux_prefers_parity("3.10.0-1160.el7.x86_64")

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from narcissus.core.ports import EphemeralPorts, PortRange, parse_port_list
-from narcissus.core.reservation import plan_reservation, sysctl_file_text
+from narcissus.core.ephemeral import EphemeralPorts
+from narcissus.core.ports import PortRange, parse_port_list
+from narcissus.core.reserve import plan_reservation, sysctl_file_text
 
 
 def linux(reserved: str = "") -> EphemeralPorts:

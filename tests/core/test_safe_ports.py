@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from narcissus.core.free_port import Claim, port_at, portable_zone, safe_zone
 from narcissus.core.ports import PortRange, PortSet, parse_port_list
-from narcissus.core.safe_ports import Claim, port_at, portable_zone, safe_zone
 
 
 def test_safe_zone_is_what_the_ranges_and_reserved_ports_leave_above_1023() -> None:

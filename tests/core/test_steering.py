@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from narcissus.core.ports import EphemeralPorts, PortRange, parse_port_list
+from narcissus.core.ephemeral import EphemeralPorts
+from narcissus.core.ports import PortRange, parse_port_list
 from narcissus.core.steering import (
     connections_to_burn,
     first_attempt_hit_chance,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from narcissus.core.ports import EphemeralPorts, PortRange, PortSet
+from narcissus.core.ephemeral import EphemeralPorts
+from narcissus.core.ports import PortRange, PortSet
 from narcissus.core.steering import first_attempt_hit_chance
 from narcissus.repro import Mode, ReproRequest, reproduce
 from narcissus.repro.isolate import run_isolate
@@ -313,7 +314,7 @@ def test_socket_allocator_probes_and_burns_through_our_own_listener() -> None:
 def test_steer_on_a_sequential_os_burns_instead_of_holding(netns: PrivateNetns) -> None:
     """The macOS/Windows path wired end to end, run against this (non-sequential) kernel with
     a Windows model of a tiny range: it must burn, look, and end within its bounds."""
-    from narcissus.core.ports import PortClass, PortStatus
+    from narcissus.core.ephemeral import PortClass, PortStatus
     from narcissus.repro import Preflight
 
     netns.set_port_range(40000, 40009)
@@ -333,6 +334,6 @@ def test_steer_on_a_sequential_os_burns_instead_of_holding(netns: PrivateNetns) 
 
 
 def narcissus_host_settings() -> EphemeralPorts:
-    from narcissus.host import ephemeral_ports
+    from narcissus.diagnose.ports import ephemeral_ports
 
     return ephemeral_ports()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from narcissus.errors import UnsupportedError
-from narcissus.ports import CLAIMS_ENV, free_port, release_port
+from narcissus.prevent.free_port import CLAIMS_ENV, free_port, release_port
 from tests.support import PrivateNetns, needs_root
 
 pytestmark = needs_root
@@ -131,7 +131,7 @@ def test_a_live_claim_blocks_and_a_killed_owners_claim_is_reclaimed(
 ) -> None:
     code = """
         import sys
-        from narcissus.ports import free_port
+        from narcissus.prevent.free_port import free_port
         print(free_port(), flush=True)
         sys.stdin.read()
     """
@@ -179,7 +179,7 @@ def test_a_claim_being_written_is_respected(zone_of_one: PrivateNetns, claims: P
 
 
 def test_claims_are_released_when_the_process_exits(zone_of_one: PrivateNetns) -> None:
-    code = "from narcissus.ports import free_port; print(free_port())"
+    code = "from narcissus.prevent.free_port import free_port; print(free_port())"
     child = python_in(zone_of_one, code, stdout=subprocess.PIPE)
     out, _ = child.communicate(timeout=30)
     assert out.strip() == "1024"
@@ -204,7 +204,7 @@ def test_a_claims_directory_someone_else_made_is_refused(
 def test_own_claims_directory_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    from narcissus.ports import claims_directory
+    from narcissus.prevent.free_port import claims_directory
 
     monkeypatch.delenv(CLAIMS_ENV, raising=False)
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
@@ -226,7 +226,7 @@ def test_concurrent_processes_never_get_the_same_port(netns: PrivateNetns, claim
         write_claim(claims, port, pid=2**22 + 1, start_time=1, expires=0)
     code = """
         import json, sys
-        from narcissus.ports import free_port
+        from narcissus.prevent.free_port import free_port
         sys.stdin.readline()  # start together
         print(json.dumps([free_port() for _ in range(25)]), flush=True)
         sys.stdin.read()  # keep the claims until every worker is done

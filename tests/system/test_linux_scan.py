@@ -11,7 +11,8 @@ import sys
 import pytest
 
 import narcissus
-from narcissus.core.sockets import ScanReport, TcpSocket
+from narcissus.core.scan import ScanReport
+from narcissus.core.sockets import TcpSocket
 from narcissus.system import linux
 from tests.support import IS_ROOT, PrivateNetns, needs_root, plant
 
@@ -114,7 +115,7 @@ def test_settings_are_read_per_namespace(netns: PrivateNetns) -> None:
 @needs_root
 def test_an_unprivileged_user_is_told_owners_are_not_visible() -> None:
     """Scan as `nobody` in a forked child (this interpreter, its modules already loaded)."""
-    from narcissus.scanner import scan_namespaces
+    from narcissus.diagnose.scan import scan_namespaces
 
     with plant("self4") as planted:
         read_end, write_end = os.pipe()

@@ -5,7 +5,7 @@ attempts."""
 from __future__ import annotations
 
 from narcissus.core.ports import PortRange, PortSet
-from narcissus.odds import estimate
+from narcissus.quantify.odds import estimate_odds
 from narcissus.repro.natural import attempts_to_self_connect
 from tests.support import PrivateNetns
 
@@ -22,7 +22,7 @@ def test_even_ports_are_hit_odd_and_outside_ports_never(netns: PrivateNetns) -> 
     assert not outside.self_connected and outside.attempts == 2_000
 
     def linux(port: int) -> float:
-        return estimate(
+        return estimate_odds(
             port,
             model="linux",
             interval=30e-6,

@@ -15,9 +15,9 @@ import pytest
 import narcissus
 from narcissus.core.sockets import TcpState
 from narcissus.core.watch import SelfConnectEvent
+from narcissus.diagnose.watch import Watcher
 from narcissus.errors import InputError
 from narcissus.system.linux import netns as linux_netns
-from narcissus.watch import Watcher
 from tests.support import PrivateNetns, needs_root, plant
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux backends")

@@ -1,7 +1,9 @@
 """The `narcissus` command line: parse arguments, call the library, render the result.
 
-Each command is a module with `SUMMARY`, `DESCRIPTION`, `configure(parser)` and `run(options)`;
-only the module of the command being run is imported, and rich only when text is rendered. A
+Each command is a module with `DESCRIPTION`, `configure(parser)` and `run(options)`, listed in
+`COMMANDS` with its one-line summary (the only copy: `narcissus --help` and the documentation
+site read it there); only the module of the command being run is imported, and rich only when
+text is rendered. A
 command that runs another program sets `TAKES_COMMAND = True` and finds what follows `--` in
 `options.trailing_command` (split off before argparse, whose handling of `--` after a
 subcommand is unreliable before Python 3.12).

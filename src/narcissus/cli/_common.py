@@ -10,7 +10,8 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from narcissus.core.sockets import ScanReport, TcpSocket
+from narcissus.core.scan import ScanReport
+from narcissus.core.sockets import TcpSocket
 from narcissus.errors import InputError
 
 TYPE_CHECKING = False
@@ -63,8 +64,8 @@ def add_json_option(
 
 
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
-    """--backend and --interval: how self-connects are caught (`narcissus.watch.Watcher`)."""
-    from narcissus.watch import AUTO, BACKENDS, DEFAULT_INTERVAL
+    """--backend and --interval: how self-connects are caught (`diagnose.watch.Watcher`)."""
+    from narcissus.diagnose.watch import AUTO, BACKENDS, DEFAULT_INTERVAL
 
     parser.add_argument(
         "--backend",

@@ -14,10 +14,10 @@ from narcissus.cli._common import (
     scan_json,
     self_connected_table,
 )
-from narcissus.core.ports import OS_LABELS, EphemeralPorts
-from narcissus.doctor import AtRisk, HostAudit, audit_host
+from narcissus.core.doctor import AtRisk, HostAudit
+from narcissus.core.ephemeral import EphemeralPorts
+from narcissus.diagnose.doctor import audit_host
 
-SUMMARY = "audit this host: listeners inside the ephemeral range, self-connects now, the fix"
 DESCRIPTION = """\
 Audit this host for TCP self-connect risk: the OS and kernel, the ephemeral port range and the
 reserved ports, every listening TCP socket whose port a retrying client could be handed as its
@@ -101,7 +101,7 @@ def _allocator_line(settings: EphemeralPorts) -> str | None:
         return None
     parity = "even" if settings.range.low % 2 == 0 else "odd"
     other = "odd" if parity == "even" else "even"
-    label = OS_LABELS.get(settings.os, settings.os)
+    label = settings.facts.label
     return (
         f"{label} connect() tries {parity} ports first; {other} ports are picked only when the "
         f"{parity} ones run out"

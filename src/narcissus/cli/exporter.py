@@ -21,9 +21,8 @@ from narcissus.errors import InputError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from narcissus.exporter import MetricsExporter
+    from narcissus.fleet.exporter import MetricsExporter
 
-SUMMARY = "serve Prometheus metrics: self-connects, listeners at risk, port settings"
 DESCRIPTION = """\
 Serve Prometheus metrics at http://HOST:PORT/metrics (loopback, port 9469 by default):
 
@@ -76,7 +75,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(options: argparse.Namespace) -> int:
-    from narcissus.exporter import MetricsExporter
+    from narcissus.fleet.exporter import MetricsExporter
 
     host, port = options.listen
     exporter = MetricsExporter(host, port, backend=options.backend, interval=options.interval)

@@ -12,11 +12,10 @@ from typing import Any
 from narcissus.cli import EXIT_FOUND, EXIT_OK
 from narcissus.cli._common import argument_type, emit_json
 from narcissus.core.lint.model import DEFAULT_TARGETS, Finding
-from narcissus.core.ports import OS_LABELS, parse_os_name
+from narcissus.core.oses import os_facts, parse_os_name
 from narcissus.errors import InputError
-from narcissus.lint import LintReport, lint_paths
+from narcissus.prevent.lint import LintReport, lint_paths
 
-SUMMARY = "find ports inside the ephemeral range in configuration and code (CI, pre-commit)"
 DESCRIPTION = """\
 Find ports that services listen on or clients connect to and that lie inside an OS's default
 ephemeral port range, where a client retrying while nothing listens can be handed the port as
@@ -173,7 +172,7 @@ def _render(report: LintReport) -> None:
         out.print(Text(f"note: {path}: {note}", style="yellow"))
     for skipped in report.skipped:
         out.print(Text(f"skipped: {skipped.path}: {skipped.reason}", style="yellow"))
-    ranges = ", ".join(f"{OS_LABELS.get(t.os, t.os)} {t.range}" for t in report.targets)
+    ranges = ", ".join(f"{os_facts(t.os).label} {t.range}" for t in report.targets)
     files = {finding.path for finding in report.findings}
     if report.findings:
         out.print(

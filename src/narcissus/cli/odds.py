@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import replace
 from typing import Any
 
 from narcissus.cli import EXIT_FOUND, EXIT_OK
 from narcissus.cli._common import add_json_option, console, emit_json, port_arg
 from narcissus.core.allocators import MODELS
 from narcissus.core.durations import format_duration, parse_duration
+from narcissus.core.odds import Question
 from narcissus.core.ports import parse_port_list, parse_port_range
 from narcissus.errors import InputError
-from narcissus.odds import DEFAULT_TRIALS, Estimate, estimate
+from narcissus.quantify.odds import DEFAULT_TRIALS, Estimate, estimate
 
-SUMMARY = "the odds and the time to a self-connect for a port, per OS allocator model"
 DESCRIPTION = f"""\
 How likely is a client that retries a port where nothing listens to be handed that very port
 and connect to itself, and how soon? For each allocator model: the probability of at least one
@@ -163,11 +164,20 @@ def run(options: argparse.Namespace) -> int:
     if options.trials < 100:
         raise InputError(f"--trials must be at least 100, got {options.trials}")
     models: list[str | None] = list(dict.fromkeys(options.models or [None]))
+    question = Question(
+        port=options.port,
+        interval=options.interval,
+        clients=options.clients,
+        horizon=options.horizon,
+        port_range=options.port_range,
+        reserved=options.reserved,
+        other_cps=options.other_cps,
+        ipv6=options.ipv6,
+    )
     estimates: list[Estimate] = []
-    port = options.port
     for model in models:
-        result = _with_progress(options, model, port)
-        port = result.scenario.port  # every model answers for the same port
+        result = _with_progress(options, replace(question, model=model))
+        question = replace(question, port=result.scenario.port)  # every model: the same port
         estimates.append(result)
     if options.plot:
         plot(estimates, options.plot)
@@ -179,26 +189,19 @@ def run(options: argparse.Namespace) -> int:
     return EXIT_FOUND if any(e.p_within_horizon > 0 for e in estimates) else EXIT_OK
 
 
-def _with_progress(options: argparse.Namespace, model: str | None, port: int | None) -> Estimate:
-    arguments: dict[str, Any] = {
-        "model": model,
-        "interval": options.interval,
-        "clients": options.clients,
-        "horizon": options.horizon,
-        "port_range": options.port_range,
-        "reserved": options.reserved,
-        "other_cps": options.other_cps,
-        "ipv6": options.ipv6,
-        "trials": options.trials,
-        "seed": options.seed,
-    }
+def _with_progress(options: argparse.Namespace, question: Question) -> Estimate:
     if not sys.stderr.isatty():
-        return estimate(port, **arguments)
+        return estimate(question, trials=options.trials, seed=options.seed)
     from rich.progress import Progress
 
     with Progress(console=console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"Monte Carlo {model or 'this host'}", total=1.0)
-        return estimate(port, progress=lambda share: bar.update(task, completed=share), **arguments)
+        task = bar.add_task(f"Monte Carlo {question.model or 'this host'}", total=1.0)
+        return estimate(
+            question,
+            trials=options.trials,
+            seed=options.seed,
+            progress=lambda share: bar.update(task, completed=share),
+        )
 
 
 # ---------------------------------------------------------------- JSON

@@ -8,7 +8,6 @@ import time
 from narcissus.cli import EXIT_OK
 from narcissus.cli._common import add_json_option, emit_json
 
-SUMMARY = "print a free port that no client can self-connect to (for scripts and tests)"
 DESCRIPTION = """\
 Print a TCP port that is free now (on IPv4 and IPv6), outside this host's ephemeral port range
 and not reserved, so no client retrying it can be handed it as its own source port. With
@@ -72,7 +71,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(options: argparse.Namespace) -> int:
-    from narcissus.ports import claims_directory, free_port, zone
+    from narcissus.prevent.free_port import claims_directory, free_port, zone
 
     portable, lease = options.portable, options.lease
     ports = [free_port(portable=portable, lease=lease) for _ in range(options.count)]

@@ -13,7 +13,6 @@ from narcissus.repro import Mode, Preflight, ReproRequest, ReproResult, prefligh
 from narcissus.repro.model import SteerSetup
 
 TAKES_COMMAND = True
-SUMMARY = "make a self-connect happen on demand, in narcissus's client or in your own (CMD)"
 DESCRIPTION = """\
 Make a TCP self-connect to HOST:PORT happen on demand, so a fix can be tested.
 

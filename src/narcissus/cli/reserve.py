@@ -7,11 +7,12 @@ from typing import Any
 
 from narcissus.cli import EXIT_OK
 from narcissus.cli._common import add_json_option, argument_type, emit_json
-from narcissus.core.advice import LINUX_RESERVED_KEY, SYSCTL_D_FILE
-from narcissus.core.ports import OS_LABELS, PortRange, parse_os_name, parse_port_range
-from narcissus.reserve import ReserveResult, reserve_ports
+from narcissus.core.oses import os_facts, parse_os_name
+from narcissus.core.oses.linux import RESERVED_KEY as LINUX_RESERVED_KEY
+from narcissus.core.oses.linux import SYSCTL_D_FILE
+from narcissus.core.ports import PortRange, parse_port_range
+from narcissus.prevent.reserve import ReserveResult, reserve_ports
 
-SUMMARY = "reserve ports so no client is ever handed them (net.ipv4.ip_local_reserved_ports)"
 DESCRIPTION = f"""\
 Reserve ports so that no unbound connect() is ever handed them as its source port: a server
 listening there can then never be reached by a client that connected to itself.
@@ -110,7 +111,7 @@ def _render(result: ReserveResult) -> None:
 
     out = console()
     reservation = result.reservation
-    label = OS_LABELS.get(result.os, result.os)
+    label = os_facts(result.os).label
     if not result.on_this_host:
         out.print(f"To reserve {reservation.requested} on {label}, run there (as administrator):")
         for command in reservation.fix.commands:

@@ -4,16 +4,14 @@ process it starts."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 
-from narcissus.core.selfconnect import MAX_RETRIES, PreventedSelfConnect
+from narcissus.core.selfconnect import MAX_RETRIES
 from narcissus.errors import InputError
 
 TAKES_COMMAND = True
-SUMMARY = "run a command with the self-connect guard in every Python process it starts"
 DESCRIPTION = """\
 Run CMD with the self-connect guard active in every Python process it starts, children
 included, without changing their code: a connect() that the OS connects to itself is aborted
@@ -69,7 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(options: argparse.Namespace) -> int:
-    from narcissus.guard.startup import child_environment
+    from narcissus.prevent.guard.startup import child_environment
 
     # `main` splits off what follows the first `--`; without `--`, argparse gathered CMD here.
     command = list(options.argv)
@@ -94,25 +92,3 @@ def run(options: argparse.Namespace) -> int:
     except OSError as exc:
         raise InputError(f"cannot run {program}: {exc.strerror}") from exc
     return 0  # not reached: execve replaced this process
-
-
-def event_line(event: PreventedSelfConnect, form: str) -> str:
-    """The report line for one self-connect prevented, as text or as a JSON object."""
-    if form == "json":
-        return json.dumps(
-            {
-                "event": "self-connect-prevented",
-                "pid": event.pid,
-                "program": event.program,
-                "address": event.host,
-                "port": event.port,
-                "family": event.family,
-                "transport": event.transport,
-            }
-        )
-    return (
-        f"narcissus: prevented a self-connect to {event.endpoint} ({event.transport}) in "
-        f"{event.program} (pid {event.pid}): nothing listened there and the OS gave the client "
-        f"the same port; the program was told 'connection refused'. Fix it for good: "
-        f"narcissus doctor --port {event.port}"
-    )

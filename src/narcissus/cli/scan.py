@@ -7,11 +7,10 @@ import os
 
 from narcissus.cli import EXIT_FOUND, EXIT_OK
 from narcissus.cli._common import add_json_option, emit_json, scan_json
-from narcissus.core.sockets import ScanReport
+from narcissus.core.scan import ScanReport
+from narcissus.diagnose.scan import scan_namespaces
 from narcissus.errors import InputError
-from narcissus.scanner import scan_namespaces
 
-SUMMARY = "list TCP sockets connected to themselves (and their TIME_WAIT remnants)"
 DESCRIPTION = """\
 List TCP sockets whose local address:port equals their remote address:port: clients that
 connected to themselves (IPv4, IPv6 and IPv4-mapped, in any state), and TIME_WAIT remnants of

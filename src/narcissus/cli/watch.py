@@ -19,11 +19,10 @@ from narcissus.cli._common import (
     positive_seconds_arg,
     stop_on_terminate,
 )
-from narcissus.core.watch import SelfConnectEvent
+from narcissus.core.watch import SelfConnectEvent, WatchBatch
+from narcissus.diagnose.watch import Watcher
 from narcissus.errors import InputError
-from narcissus.watch import WatchBatch, Watcher
 
-SUMMARY = "report every TCP self-connect as it happens (ftrace as root, else polling)"
 DESCRIPTION = """\
 Report every TCP self-connect as it happens, with time, pid, process, address and port.
 

@@ -56,7 +56,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from narcissus.core.ports import DEFAULT_RANGES, PortRange, PortSet, kernel_version
+from narcissus.core.oses import os_facts
+from narcissus.core.ports import PortRange, PortSet
 
 
 class Family(str, Enum):
@@ -82,7 +83,7 @@ class AllocatorModel:
 
     name: str
     label: str
-    os: str  # key of core.ports.DEFAULT_RANGES
+    os: str  # key of the OS in narcissus.core.oses
     family: Family
     visiting: Visiting
     # Share of the host's other connects that move this client's counter: 1 for a global counter,
@@ -90,7 +91,6 @@ class AllocatorModel:
     other_share: float
     summary: str
     source: str
-    ipv4_self_connect: bool = True
     first_candidate: int = 0  # ring positions a random draw can start at: [first_candidate, M)
     rekey_seconds: float = 0.0  # PERTURBED: destination keys change this often
     max_extra_step: int = 0  # PERTURBED: U in max(skipped, U) + 1 is uniform on 0..max_extra_step
@@ -194,7 +194,6 @@ MODELS: dict[str, AllocatorModel] = {
             other_share=1.0,
             summary="one global counter, +1 per connect; IPv4 self-connect refused (EINVAL)",
             source="XNU in_pcbbind(), tcp_connect() (FACTS)",
-            ipv4_self_connect=False,
         ),
         AllocatorModel(
             name="windows",
@@ -219,30 +218,14 @@ def model_named(name: str) -> AllocatorModel:
 
 
 def model_for(os_name: str, release: str) -> AllocatorModel | None:
-    """The row that describes an OS (a `DEFAULT_RANGES` key) at a kernel release, if any."""
-    version = kernel_version(release)
-    if os_name == "linux":
-        for floor, name in (
-            ((5, 18, 0), "linux"),
-            ((5, 12, 0), "linux-5.12"),
-            ((4, 6, 0), "linux-4.6"),
-            ((4, 2, 0), "linux-4.2"),
-        ):
-            if version >= floor:
-                return MODELS[name]
-        return MODELS["linux-3"]
-    if os_name == "freebsd":
-        return MODELS["freebsd" if version >= (14, 0, 0) else "freebsd-13"]
-    if os_name == "darwin":
-        return MODELS["macos"]
-    if os_name == "windows":
-        return MODELS["windows"]
-    return None
+    """The row that describes an OS (a key of `narcissus.core.oses`) at a kernel release, if
+    narcissus models it (the OS's row says which)."""
+    name = os_facts(os_name).allocator_model(release)
+    return None if name is None else MODELS[name]
 
 
 def default_range(model: AllocatorModel) -> PortRange:
-    low, high = DEFAULT_RANGES[model.os]
-    return PortRange(low, high)
+    return os_facts(model.os).default_range
 
 
 # ---------------------------------------------------------------- the ring

@@ -1,7 +1,7 @@
 """A vectorised Monte Carlo of the allocator models, for the scenarios no closed form covers.
 
 Rules: pure computation on a `core.odds.Plan`, no I/O; needs numpy (the `odds` extra), so
-only `narcissus.odds` imports this module, and only when a simulation is needed.
+only `narcissus.quantify.odds` imports this module, and only when a simulation is needed.
 
 Theory of operation. Trials are rows and attempts are columns: each chunk draws the random
 steps of every active trial for the next C attempts at once, turns them into positions with one

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from narcissus.core.allocators import AllocatorModel, Family, Ring, build_ring
+from narcissus.core.oses import os_facts
 from narcissus.core.ports import PortRange, PortSet
 
 SECONDS_PER_DAY = 86400.0
@@ -48,6 +49,25 @@ class Exposure(str, Enum):
     OTHER_PARITY = "other-parity"  # taken only when every preferred port is busy
     REFUSED = "refused"  # the OS refuses the self-connect (macOS IPv4)
     EXHAUSTED = "exhausted"  # every port of the ring is reserved
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """What someone asks about: clients retrying `port` every `interval` seconds, `clients` of
+    them at once, over `horizon` seconds. Parts left None are this host's (its allocator model,
+    range and reserved ports; a port in the middle of the range): `narcissus.quantify.odds`
+    fills them in and builds the `Scenario`. `model` is a row name of
+    `narcissus.core.allocators.MODELS` (or the row itself)."""
+
+    port: int | None = None
+    model: str | AllocatorModel | None = None
+    interval: float = 0.2
+    clients: int = 1
+    horizon: float = SECONDS_PER_DAY
+    port_range: PortRange | None = None
+    reserved: PortSet | None = None
+    other_cps: float = 0.0
+    ipv6: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +147,7 @@ def locate(scenario: Scenario) -> Target:
         return Target(Exposure.OUTSIDE)
     if port in scenario.reserved:
         return Target(Exposure.RESERVED)
-    if not model.ipv4_self_connect and not scenario.ipv6:
+    if not os_facts(model.os).ipv4_self_connect and not scenario.ipv6:
         return Target(Exposure.REFUSED)
     ring = build_ring(model, scenario.port_range, scenario.reserved)
     if len(ring.reserved) == ring.size:
@@ -438,8 +458,7 @@ def plan_for(scenario: Scenario, target: Target) -> Plan:
 
 def advice(scenario: Scenario, exposure: Exposure, p_within_horizon: float) -> str:
     """What to do about it, in one or two sentences with the exact command (core.advice)."""
-    from narcissus.core.advice import fix_for
-    from narcissus.core.ports import EphemeralPorts
+    from narcissus.core.ephemeral import EphemeralPorts
 
     port = scenario.port
     if exposure in (Exposure.OUTSIDE, Exposure.RESERVED):
@@ -450,7 +469,7 @@ def advice(scenario: Scenario, exposure: Exposure, p_within_horizon: float) -> s
         reserved=scenario.reserved,
         source="narcissus odds",
     )
-    fix = fix_for(settings, [port])
+    fix = settings.fix_for([port])
     command = "; ".join(fix.commands)
     if exposure is Exposure.REFUSED:
         return f"safe for IPv4 clients; for IPv6 clients too: {command}, {fix.alternative}"

@@ -1,14 +1,8 @@
-"""Port ranges, port sets, and what an OS's ephemeral-port settings mean for one port.
+"""Port numbers: inclusive ranges, sets of ranges, and parsing what users and kernels write.
 
-Rules: pure values and functions. No I/O, no platform checks, standard library only; the OS
-modules under `narcissus.system` read the raw settings and build these values.
-
-Theory: an unbound `connect()` can only be handed a source port that lies inside the OS's
-ephemeral range and is not reserved (Linux `ip_local_reserved_ports`, Windows excluded port
-ranges). A server listening on such a port can therefore be "reached" by a client that
-connected to itself. On Linux >= 4.6, `connect()` tries ports of the parity of the range's low
-end first, so ports of the other parity are practically never picked while the preferred ones
-are free (see shared FACTS: 200,000 attempts at an odd port, no hit).
+Rules: pure values and functions, no I/O, standard library only. What an OS's settings mean
+for a port (inside its ephemeral range, reserved, ...) is `narcissus.core.ephemeral`; what each
+OS is like, `narcissus.core.oses`.
 """
 
 from __future__ import annotations
@@ -17,48 +11,11 @@ import bisect
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from enum import Enum
 
 from narcissus.errors import InputError
 
 MIN_PORT = 1
 MAX_PORT = 65535
-
-# Documented defaults, used when the OS cannot be read (one row per OS).
-DEFAULT_RANGES: dict[str, tuple[int, int]] = {
-    "linux": (32768, 60999),
-    "darwin": (49152, 65535),
-    "freebsd": (10000, 65535),
-    "openbsd": (49152, 65535),
-    "windows": (49152, 65535),
-}
-
-OS_LABELS: dict[str, str] = {
-    "linux": "Linux",
-    "darwin": "macOS",
-    "freebsd": "FreeBSD",
-    "openbsd": "OpenBSD",
-    "windows": "Windows",
-}
-
-# The names people type for an OS (`--os macos`) -> its key in DEFAULT_RANGES.
-OS_NAMES: dict[str, str] = {
-    "linux": "linux",
-    "windows": "windows",
-    "macos": "darwin",
-    "darwin": "darwin",
-    "freebsd": "freebsd",
-    "openbsd": "openbsd",
-}
-
-
-def parse_os_name(text: str) -> str:
-    """A user-given OS name (`macos`, `Windows`) -> its DEFAULT_RANGES key."""
-    key = OS_NAMES.get(text.strip().lower())
-    if key is None:
-        known = ", ".join(name for name in OS_NAMES if name != "darwin")
-        raise InputError(f"unknown OS {text.strip()!r}: choose from {known}")
-    return key
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -247,103 +204,3 @@ def parse_host_port(
     if port_text.strip() == "0":
         return host, 0
     return host, parse_port(port_text, what=f"{what} port")
-
-
-class PortStatus(str, Enum):
-    """Where a port stands against an OS's ephemeral-port settings."""
-
-    OUTSIDE = "outside"  # never handed out to an unbound connect(): safe
-    RESERVED = "reserved"  # inside the range but excluded: safe
-    INSIDE = "inside"  # can be handed out: a listener here can be self-connected
-
-
-@dataclass(frozen=True, slots=True)
-class EphemeralPorts:
-    """What the OS may hand an unbound `connect()` as its source port.
-
-    `source` says where the numbers come from; `fallback_reason` is set when the OS could not be
-    read and the documented default is shown instead. `parity_first` is true when `connect()`
-    prefers ports of the parity of `range.low` (Linux >= 4.6).
-    """
-
-    os: str
-    range: PortRange
-    reserved: PortSet
-    source: str
-    parity_first: bool = False
-    fallback_reason: str | None = None
-
-    @property
-    def usable(self) -> int:
-        """How many ports the allocator can actually hand out."""
-        return len(self.range) - self.reserved.count_in(self.range)
-
-    def classify(self, port: int) -> PortClass:
-        if port not in self.range:
-            status = PortStatus.OUTSIDE
-        elif port in self.reserved:
-            status = PortStatus.RESERVED
-        else:
-            status = PortStatus.INSIDE
-        preferred: bool | None = None
-        if self.parity_first and status is PortStatus.INSIDE:
-            preferred = port % 2 == self.range.low % 2
-        return PortClass(port=port, status=status, settings=self, preferred_parity=preferred)
-
-
-@dataclass(frozen=True, slots=True)
-class PortClass:
-    """The verdict on one port: can an unbound client be handed it, and how readily."""
-
-    port: int
-    status: PortStatus
-    settings: EphemeralPorts
-    # None: the allocator has no parity preference (or the port is not inside the range).
-    preferred_parity: bool | None = None
-
-    @property
-    def at_risk(self) -> bool:
-        return self.status is PortStatus.INSIDE
-
-    @property
-    def likelihood(self) -> str:
-        """`none`, `low` (non-preferred parity) or `high`."""
-        if not self.at_risk:
-            return "none"
-        return "low" if self.preferred_parity is False else "high"
-
-    def reason(self) -> str:
-        """One sentence a person can act on."""
-        rng = self.settings.range
-        os_label = OS_LABELS.get(self.settings.os, self.settings.os)
-        never = "never picked as a source port"
-        if self.status is PortStatus.OUTSIDE:
-            return f"port {self.port} is outside the ephemeral range {rng}: {never}"
-        if self.status is PortStatus.RESERVED:
-            return f"port {self.port} is inside the ephemeral range {rng} but reserved: {never}"
-        text = (
-            f"port {self.port} is inside the ephemeral range {rng} and not reserved: a client "
-            "retrying while nothing listens there can be handed this port and connect to itself"
-        )
-        if self.preferred_parity is True:
-            text += f" ({os_label} connect() tries ports of this parity first)"
-        elif self.preferred_parity is False:
-            text += (
-                f" (unlikely: {os_label} connect() prefers the other parity and takes this one "
-                "only when those run out)"
-            )
-        return text
-
-
-def kernel_version(release: str) -> tuple[int, int, int]:
-    """`"6.18.44-fc-v782"` -> `(6, 18, 44)`; missing parts are 0, garbage is (0, 0, 0)."""
-    match = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", release.strip())
-    if not match:
-        return (0, 0, 0)
-    major, minor, patch = (int(part) if part else 0 for part in match.groups())
-    return (major, minor, patch)
-
-
-def linux_prefers_parity(release: str) -> bool:
-    """Linux 4.6 made connect() try ports of the range's low-end parity first."""
-    return kernel_version(release) >= (4, 6, 0)

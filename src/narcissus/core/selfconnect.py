@@ -11,16 +11,19 @@ address: both ends of a self-connect carry the same form.
 from __future__ import annotations
 
 from narcissus.core.values import Value
+from narcissus.errors import endpoint_text
+
+__all__ = [
+    "MAX_RETRIES",
+    "PreventedSelfConnect",
+    "endpoint_text",
+    "event_line",
+    "same_endpoint",
+]
 
 # The most connects the guard's retry policy may add after a self-connect: bounded, because
 # in a one-port range every attempt self-connects again.
 MAX_RETRIES = 100
-
-
-def endpoint_text(host: object, port: object) -> str:
-    """`127.0.0.1:6379`, `[::1]:6379`: an address as people write it."""
-    text = str(host)
-    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
 
 
 def same_endpoint(local: tuple[object, ...], peer: tuple[object, ...]) -> bool:
@@ -53,3 +56,29 @@ class PreventedSelfConnect(Value):
     def endpoint(self) -> str:
         """`127.0.0.1:6379`, `[::1]:6379`."""
         return endpoint_text(self.host, self.port)
+
+
+def event_line(event: PreventedSelfConnect, form: str) -> str:
+    """The report line for one self-connect prevented, as text or as a JSON object: what
+    `narcissus run` prints on the guarded process's stderr (the preloadable library writes the
+    same line)."""
+    if form == "json":
+        import json
+
+        return json.dumps(
+            {
+                "event": "self-connect-prevented",
+                "pid": event.pid,
+                "program": event.program,
+                "address": event.host,
+                "port": event.port,
+                "family": event.family,
+                "transport": event.transport,
+            }
+        )
+    return (
+        f"narcissus: prevented a self-connect to {event.endpoint} ({event.transport}) in "
+        f"{event.program} (pid {event.pid}): nothing listened there and the OS gave the client "
+        f"the same port; the program was told 'connection refused'. Fix it for good: "
+        f"narcissus doctor --port {event.port}"
+    )

@@ -1,7 +1,7 @@
 """Lines of the kernel tracepoint `sock:inet_sock_set_state` as ftrace's `trace_pipe` prints them.
 
 Rules: pure, no I/O. `narcissus.system.linux.ftrace` runs the tracing instance that prints these
-lines; `narcissus.watch` turns the self-connects among them into events.
+lines; `narcissus.diagnose.watch` turns the self-connects among them into events.
 
 Theory (shared FACTS, re-measured on Linux 6.18): a socket that connects to itself goes through
 TCP simultaneous open, SYN_SENT -> SYN_RECV, a transition an ordinary connect() never makes (it

@@ -25,7 +25,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
-from narcissus.core.ports import EphemeralPorts
+from narcissus.core.ephemeral import EphemeralPorts
 
 
 def _pass_ports(settings: EphemeralPorts, parity: int | None) -> list[int]:

@@ -1,8 +1,8 @@
 """Self-connect events, and what is new between two polls of the socket table.
 
-Rules: pure values and functions, no I/O. `narcissus.watch` builds events from either backend:
-a trace line (every self-connect, caught at the moment of simultaneous open) or a socket-table
-poll (only what is still there when the poll comes).
+Rules: pure values and functions, no I/O. `narcissus.diagnose.watch` builds events from either
+backend: a trace line (every self-connect, caught at the moment of simultaneous open) or a
+socket-table poll (only what is still there when the poll comes).
 
 A poll sees a self-connected socket while it lives and its TIME_WAIT remnant for a minute after
 it closed normally; it sees nothing of one that was closed abortively (RST) between two polls.
@@ -17,6 +17,20 @@ from collections.abc import Iterable
 
 from narcissus.core.sockets import TcpSocket, TcpState
 from narcissus.core.values import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class EventSource(Protocol):
+        """What a watcher backend offers (a tracer from the OS module, or polling)."""
+
+        backend: str
+
+        def start(self) -> tuple[str, ...]: ...
+        def read(self, timeout: float) -> WatchBatch: ...
+        def drain(self) -> WatchBatch: ...
+        def close(self) -> None: ...
 
 
 class SelfConnectEvent(Value):
@@ -120,3 +134,22 @@ class NewSelfConnects:
                 news.append(sock)
         self._previous = self._index(current)
         return news
+
+
+class WatchBatch(Value):
+    """What one read produced: events, events the kernel dropped, and warnings."""
+
+    __slots__ = ("events", "lost", "warnings")
+
+    def __init__(
+        self,
+        events: tuple[SelfConnectEvent, ...] = (),
+        lost: int = 0,
+        warnings: tuple[str, ...] = (),
+    ) -> None:
+        self.events = events
+        self.lost = lost
+        self.warnings = warnings
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.lost or self.warnings)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from narcissus.core.ports import EphemeralPorts, PortClass
+from narcissus.core.ephemeral import EphemeralPorts, PortClass
 from narcissus.errors import InputError, UnsupportedError
 from narcissus.repro.model import Mode, ReproRequest, ReproResult, SteerSetup
 from narcissus.repro.target import Target, resolve_target
@@ -22,7 +22,6 @@ from narcissus.repro.target import Target, resolve_target
 __all__ = ["Mode", "Preflight", "ReproRequest", "ReproResult", "preflight", "reproduce"]
 
 
-SEQUENTIAL_ALLOCATORS = ("darwin", "windows")  # one global counter, +1 per connection
 ATTEMPT_SECONDS = 30e-6  # a refused loopback connect (shared FACTS), for the estimate
 
 
@@ -56,14 +55,15 @@ def expected_natural(port: int) -> Expected | None:
     """The odds model's estimate for a tight loop at `port` (None when it is never hit). Uses
     a small Monte Carlo (numpy, the `odds` extra); without numpy, the closed form for fresh
     draws, which is ~10% above a tight loop's mean."""
-    from narcissus.odds import estimate
+    from narcissus.core.odds import Question
+    from narcissus.quantify.odds import estimate
 
     interval = ATTEMPT_SECONDS
     try:
-        guess = estimate(port, interval=interval, trials=300, seed=0)
+        guess = estimate(Question(port, interval=interval), trials=300, seed=0)
     except UnsupportedError:
         interval = 1.0  # attempts this far apart are fresh draws, which have a closed form
-        guess = estimate(port, interval=interval, method="closed")
+        guess = estimate(Question(port, interval=interval), method="closed")
     if math.isinf(guess.mean_attempts):
         return None
     return Expected(
@@ -77,7 +77,7 @@ def expected_natural(port: int) -> Expected | None:
 
 
 def preflight(request: ReproRequest) -> Preflight:
-    from narcissus.host import ephemeral_ports
+    from narcissus.diagnose.ports import ephemeral_ports
 
     if request.max_attempts < 1:
         raise InputError(f"--max-attempts must be at least 1, got {request.max_attempts}")
@@ -100,9 +100,9 @@ def preflight(request: ReproRequest) -> Preflight:
             "the private namespace has nothing else"
         )
     settings = ephemeral_ports()
-    if settings.os == "darwin" and target.family == socket.AF_INET:
+    if not settings.facts.ipv4_self_connect and target.family == socket.AF_INET:
         raise InputError(
-            "macOS refuses IPv4 self-connects (EINVAL): nothing to reproduce at "
+            f"{settings.facts.label} refuses IPv4 self-connects (EINVAL): nothing to reproduce at "
             f"{target.address}; try --host ::1"
         )
     verdict = settings.classify(request.port)
@@ -143,7 +143,7 @@ def reproduce(
         return ReproResult(
             request, False, 0, 0.0, notes=(ready.explanation,), stopped_because="not possible"
         )
-    sequential = ready.settings.os in SEQUENTIAL_ALLOCATORS
+    sequential = ready.settings.facts.sequential_allocator
     if request.mode is Mode.STEER and sequential:
         from narcissus.repro.sequential import run_steer_sequential
 

@@ -10,8 +10,8 @@ import socket
 import time
 from collections.abc import Callable
 
-from narcissus.guard import check
-from narcissus.guard.check import is_self_connected
+from narcissus.prevent.guard import check
+from narcissus.prevent.guard.check import is_self_connected
 from narcissus.repro.model import HoldOutcome, ReproRequest, ReproResult, SourcePorts
 from narcissus.repro.target import Target
 

@@ -29,7 +29,7 @@ def run_isolate(
     read_end, write_end = os.pipe()
     try:
         child = subprocess.Popen(
-            [sys.executable, "-m", "narcissus.repro.isolated", str(write_end)],
+            [sys.executable, "-m", "narcissus.repro.isolate_child", str(write_end)],
             stdin=subprocess.PIPE,
             pass_fds=(write_end,),
         )

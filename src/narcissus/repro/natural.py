@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from narcissus.guard.check import is_self_connected
+from narcissus.prevent.guard.check import is_self_connected
 from narcissus.repro import client
 from narcissus.repro.command import run_command
 from narcissus.repro.model import ReproRequest, ReproResult, SourcePorts

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
 
-from narcissus.core.ports import EphemeralPorts
+from narcissus.core.ephemeral import EphemeralPorts
 from narcissus.core.steering import SequentialSteer, steer_sequential
 from narcissus.repro import client
 from narcissus.repro.command import run_command

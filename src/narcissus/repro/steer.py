@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from narcissus.core.ports import EphemeralPorts
+from narcissus.core.ephemeral import EphemeralPorts
 from narcissus.core.steering import first_attempt_hit_chance, ports_to_hold
 from narcissus.repro import client
 from narcissus.repro.command import run_command
@@ -25,9 +25,9 @@ def _blockers(failed: list[int]) -> list[int]:
     """Of the ports that could not be bound, those connect() may still take."""
     if not failed:
         return []
-    from narcissus.system.linux import local_ports_in_use
+    from narcissus import system
 
-    _bound, connected = local_ports_in_use()
+    _bound, connected = system.local_ports_in_use()
     return sorted(set(failed) & connected)
 
 

@@ -9,12 +9,20 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from narcissus.core.ephemeral import EphemeralPorts
 from narcissus.core.namespaces import Netns
-from narcissus.core.ports import DEFAULT_RANGES, EphemeralPorts, PortRange, PortSet
-from narcissus.core.sockets import KillResult, Owner, ScanReport, TcpSocket, TcpState
+from narcissus.core.oses import os_facts
+from narcissus.core.ports import PortRange, PortSet
+from narcissus.core.scan import KillResult, ScanReport
+from narcissus.core.sockets import Owner, TcpSocket, TcpState
 from narcissus.errors import InputError, UnsupportedError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from narcissus.core.watch import EventSource
+
 BACKEND = "psutil"
+CAPABILITIES: frozenset[str] = frozenset()
 
 
 HOST = Netns("host", "", 0)
@@ -39,10 +47,9 @@ def settings_or_default(
     try:
         port_range, reserved = read()
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        low, high = DEFAULT_RANGES[os_name]
         return EphemeralPorts(
             os=os_name,
-            range=PortRange(low, high),
+            range=os_facts(os_name).default_range,
             reserved=PortSet(),
             source="documented default",
             fallback_reason=f"could not read {source}: {exc}",
@@ -163,3 +170,29 @@ def destroy(sockets: list[TcpSocket], netns: Netns | None = None) -> list[KillRe
     raise UnsupportedError(
         "--kill needs Linux (SOCK_DESTROY); on this OS stop the owning process instead"
     )
+
+
+def local_ports_in_use(netns: Netns | None = None) -> tuple[set[int], set[int]]:
+    """Local ports of this host's TCP sockets: (held by listeners, used only by connections or
+    TIME_WAIT). connect() never takes the first kind and may take the second."""
+    found, _complete = _sockets(lambda _conn: True)
+    bound = {sock.local_port for sock in found if sock.state is TcpState.LISTEN}
+    return bound, {sock.local_port for sock in found} - bound
+
+
+def reserved_ports_writable() -> bool:
+    return False
+
+
+def write_reserved_ports(ports: PortSet, netns: Netns | None = None) -> None:
+    raise UnsupportedError(
+        "narcissus reserves ports only on Linux; `narcissus reserve --os OS` prints the commands"
+    )
+
+
+def trace_self_connects() -> EventSource:
+    raise UnsupportedError("catching every self-connect as it happens needs Linux (ftrace)")
+
+
+def isolate_network(port_range: PortRange, *, user_namespace: bool) -> None:
+    raise UnsupportedError("a private network namespace needs Linux")

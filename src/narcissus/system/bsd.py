@@ -5,30 +5,44 @@ from __future__ import annotations
 
 import sys
 
+from narcissus.core.ephemeral import EphemeralPorts
 from narcissus.core.namespaces import Netns
 from narcissus.core.os_settings import parse_sysctl_values
-from narcissus.core.ports import EphemeralPorts, PortRange, PortSet
+from narcissus.core.ports import PortRange, PortSet
 from narcissus.system._portable import (
     BACKEND,
+    CAPABILITIES,
     destroy,
+    isolate_network,
     listening_sockets,
+    local_ports_in_use,
     namespaces,
     os_description,
     process_start_time,
+    reserved_ports_writable,
     run_text,
     scan,
     settings_or_default,
+    trace_self_connects,
+    write_reserved_ports,
 )
 
 __all__ = [
     "BACKEND",
+    "CAPABILITIES",
     "Netns",
     "destroy",
+    "ephemeral_ports",
+    "isolate_network",
     "listening_sockets",
+    "local_ports_in_use",
     "namespaces",
     "os_description",
     "process_start_time",
+    "reserved_ports_writable",
     "scan",
+    "trace_self_connects",
+    "write_reserved_ports",
 ]
 
 KEYS = {

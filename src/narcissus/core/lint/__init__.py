@@ -1,6 +1,6 @@
 """Lint rules: which ports in configuration and code lie inside an OS's default ephemeral range.
 
-Rules: pure, no I/O; `narcissus.lint` walks the file system and hands each file's text here.
+Rules: pure, no I/O; `narcissus.prevent.lint` walks the file system and hands each file's text here.
 One module per format family, each yielding `Hit`s at exact offsets:
 
   keys        the tables of names that mean "port" (and of those that do not), and value parsing

@@ -15,7 +15,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from narcissus.core.ports import DEFAULT_RANGES, OS_LABELS, PortRange
+from narcissus.core.oses import os_facts
+from narcissus.core.ports import PortRange
 
 IGNORE_MARK = "narcissus: ignore"
 DEFAULT_TARGETS = ("linux", "windows", "darwin")
@@ -42,13 +43,13 @@ class Target:
 
     @property
     def label(self) -> str:
-        return OS_LABELS.get(self.os, self.os)
+        return os_facts(self.os).label
 
 
 def targets_for(os_names: Iterable[str] = DEFAULT_TARGETS) -> tuple[Target, ...]:
-    """The targets for DEFAULT_RANGES keys, in the order given, each once."""
+    """The targets for OS keys (`narcissus.core.oses.OSES`), in the order given, each once."""
     names = dict.fromkeys(os_names)
-    return tuple(Target(name, PortRange(*DEFAULT_RANGES[name])) for name in names)
+    return tuple(Target(name, os_facts(name).default_range) for name in names)
 
 
 @dataclass(frozen=True, slots=True)

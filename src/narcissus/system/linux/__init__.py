@@ -1,5 +1,5 @@
 """Linux: ephemeral-port settings from /proc/sys, sockets from netlink sock_diag, owners from
-/proc, and other network namespaces through setns().
+/proc, other network namespaces through setns(), self-connects as they happen through ftrace.
 
 `scan` is on the path `narcissus scan --json` must run faster than `ss`, so what only the other
 functions need (settings parsing, `platform`) is imported inside them.
@@ -12,23 +12,22 @@ import socket
 
 from narcissus.core import inet_diag
 from narcissus.core.namespaces import Netns
-from narcissus.core.sockets import (
-    ALL_STATES_MASK,
-    KillResult,
-    ScanReport,
-    TcpSocket,
-    TcpState,
-    state_mask,
-)
+from narcissus.core.scan import KillResult, ScanReport
+from narcissus.core.sockets import ALL_STATES_MASK, TcpSocket, TcpState, state_mask
+from narcissus.errors import InputError
 from narcissus.system.linux import netns as _netns
 from narcissus.system.linux.procfs import find_owners, process_start_time
 from narcissus.system.linux.sockdiag import SockDiag
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from narcissus.core.ports import EphemeralPorts
+    from narcissus.core.ephemeral import EphemeralPorts
+    from narcissus.core.ports import PortRange, PortSet
+    from narcissus.core.watch import EventSource
 
 BACKEND = "netlink sock_diag"
+# What this OS module can do beyond reading settings and sockets (see narcissus.system).
+CAPABILITIES = frozenset({"netns", "kill", "trace", "reserve", "isolate"})
 _FAMILIES = (socket.AF_INET, socket.AF_INET6)
 # A self-connected socket is never a listener; leaving LISTEN out also skips every server socket.
 _SCAN_STATES = ALL_STATES_MASK & ~state_mask(TcpState.LISTEN)
@@ -36,14 +35,20 @@ _BLOCK_FILTER = inet_diag.same_block_filter(inet_diag.port_blocks(1024))
 
 __all__ = [
     "BACKEND",
+    "CAPABILITIES",
     "Netns",
     "destroy",
     "ephemeral_ports",
+    "isolate_network",
     "listening_sockets",
+    "local_ports_in_use",
     "namespaces",
     "os_description",
     "process_start_time",
+    "reserved_ports_writable",
     "scan",
+    "trace_self_connects",
+    "write_reserved_ports",
 ]
 
 
@@ -137,3 +142,41 @@ def destroy(sockets: list[TcpSocket], netns: Netns | None = None) -> list[KillRe
     """Abort each socket with SOCK_DESTROY (needs CAP_NET_ADMIN); frees the port it holds."""
     with _netns.entered(netns), SockDiag() as diag:
         return [KillResult(sock, diag.destroy(sock)) for sock in sockets]
+
+
+def reserved_ports_writable() -> bool:
+    """May this process change the reserved ports (of the namespace it is in)?"""
+    from narcissus.system.linux.settings import can_write_reserved_ports
+
+    return can_write_reserved_ports()
+
+
+def write_reserved_ports(ports: PortSet, netns: Netns | None = None) -> None:
+    """Make `ports` the reserved ports of the namespace (replaces the list; root)."""
+    from narcissus.system.linux.settings import write_reserved_ports as write
+
+    with _netns.entered(netns):
+        write(ports)
+
+
+def trace_self_connects() -> EventSource:
+    """A tracer that reports every self-connect on the host as it happens (start() it; root)."""
+    from narcissus.system.linux.tracing import SelfConnectTrace
+
+    return SelfConnectTrace()
+
+
+def isolate_network(port_range: PortRange, *, user_namespace: bool) -> None:
+    """Move this process into a new, empty network namespace with loopback up and `port_range`
+    as its whole ephemeral range (root, or an unprivileged user namespace)."""
+    from narcissus.system.linux.settings import write_port_range
+
+    _netns.unshare_network(user_namespace=user_namespace)
+    _netns.loopback_up()
+    try:
+        write_port_range(port_range.low, port_range.high)
+    except OSError as exc:
+        raise InputError(
+            f"cannot set the namespace's port range to {port_range}: {exc.strerror} (the range "
+            "must start at or above net.ipv4.ip_unprivileged_port_start, usually 1024)"
+        ) from exc

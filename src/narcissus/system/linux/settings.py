@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import os
 
+from narcissus.core.ephemeral import EphemeralPorts
 from narcissus.core.os_settings import parse_linux_port_range
-from narcissus.core.ports import (
-    DEFAULT_RANGES,
-    EphemeralPorts,
-    PortRange,
-    PortSet,
-    linux_prefers_parity,
-    parse_port_list,
-)
+from narcissus.core.oses import linux
+from narcissus.core.ports import PortSet, parse_port_list
 
 PORT_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 RESERVED_PORTS_FILE = "/proc/sys/net/ipv4/ip_local_reserved_ports"
@@ -43,14 +38,13 @@ def kernel_release() -> str:
 
 def read_ephemeral_ports() -> EphemeralPorts:
     """The range and reserved ports of the current network namespace, or the documented default."""
-    parity = linux_prefers_parity(kernel_release())
+    parity = linux.parity_first(kernel_release())
     try:
         port_range = parse_linux_port_range(_read(PORT_RANGE_FILE))
     except (OSError, ValueError) as exc:
-        low, high = DEFAULT_RANGES["linux"]
         return EphemeralPorts(
             os="linux",
-            range=PortRange(low, high),
+            range=linux.FACTS.default_range,
             reserved=PortSet(),
             source="documented default",
             parity_first=parity,

@@ -1,0 +1,28 @@
+"""OpenBSD: range 49152-65535 (`porthifirst`/`porthilast`); no way to reserve single ports;
+its allocator is not modelled."""
+
+from __future__ import annotations
+
+from narcissus.core.oses.facts import Fix, OsFacts, range_start_fix
+from narcissus.core.ports import PortRange, PortSet
+
+FIRST_KEY = "net.inet.ip.porthifirst"
+LAST_KEY = "net.inet.ip.porthilast"
+
+
+def fix(port_range: PortRange, reserved: PortSet, ports: PortSet) -> Fix:
+    return range_start_fix(FIRST_KEY, port_range, ports)
+
+
+FACTS = OsFacts(
+    key="openbsd",
+    label="OpenBSD",
+    names=("openbsd",),
+    default_range=PortRange(49152, 65535),
+    settings_source=f"sysctl {FIRST_KEY} {LAST_KEY}",
+    reserves_single_ports=False,
+    sequential_allocator=False,
+    ipv4_self_connect=True,
+    fix=fix,
+    allocator_model=lambda _release: None,
+)

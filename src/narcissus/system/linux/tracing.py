@@ -1,0 +1,121 @@
+"""Self-connects as they happen, from the tracepoint sock:inet_sock_set_state.
+
+A private tracing instance (`narcissus.system.linux.ftrace`) with a kernel-side filter on the
+SYN_SENT -> SYN_RECV transition (`narcissus.core.sock_trace`) sees every self-connect in every
+network namespace the moment it happens, however briefly the socket lives; each trace line names
+the thread, which is turned into its process, its name and its network namespace here, while
+the process still exists.
+"""
+
+from __future__ import annotations
+
+import time
+
+from narcissus.core.sock_trace import (
+    EVENT,
+    SELF_CONNECT_FILTER,
+    LostEvents,
+    StateChange,
+    TraceFormatError,
+    parse_line,
+)
+from narcissus.core.watch import SelfConnectEvent, WatchBatch
+from narcissus.system.linux import netns, procfs
+from narcissus.system.linux.ftrace import TraceInstance
+
+_DRAIN_READS = 1000  # bound on reads per drain(): ~1 GB of trace text
+
+
+class SelfConnectTrace:
+    """Self-connects from the tracepoint, with the process and namespace they came from."""
+
+    backend = "ftrace"
+
+    def __init__(self) -> None:
+        self.instance: TraceInstance = TraceInstance(
+            EVENT, SELF_CONNECT_FILTER, options={"record-tgid": "1"}, clock="mono"
+        )
+        self._bad_lines = 0
+
+    def start(self) -> tuple[str, ...]:
+        self.instance.open()
+        notes = [
+            f"tracepoint sock:inet_sock_set_state in tracing instance {self.instance.name}; "
+            "sees every network namespace (the namespace shown is the process's: trace lines "
+            "do not carry the socket's)"
+        ]
+        if self.instance.mounted:
+            notes.append(f"mounted tracefs at {self.instance.root}")
+        if self.instance.removed_stale:
+            notes.append(
+                "removed tracing instances left by runs that were killed: "
+                + ", ".join(self.instance.removed_stale)
+            )
+        return tuple(notes)
+
+    def _event(self, change: StateChange, clock_offset: float) -> SelfConnectEvent:
+        pid: int | None = None
+        process: str | None = None
+        namespace: str | None = None
+        if not change.in_kernel_task:
+            pid = change.tgid or procfs.thread_group(change.tid) or change.tid
+            # The line names the thread; a thread of a bigger process is known by the process.
+            process = change.comm
+            if process is None or pid != change.tid:
+                name = procfs.process_name(pid)
+                process = process if name == "?" else name
+            found = netns.of_process(pid)
+            namespace = found.label if found else None
+        return SelfConnectEvent(
+            time=change.seconds + clock_offset,
+            pid=pid,
+            process=process,
+            family=change.family,
+            address=change.saddr,
+            port=change.sport,
+            backend=self.backend,
+            state=change.newstate,
+            netns=namespace,
+            thread=None if change.in_kernel_task else change.tid,
+        )
+
+    def read(self, timeout: float) -> WatchBatch:
+        lines = self.instance.read_lines(timeout)
+        if not lines:
+            return WatchBatch()
+        now = time.time()
+        # Trace timestamps are CLOCK_MONOTONIC; convert with this moment's offset to wall time.
+        offset = now - time.monotonic() if self.instance.clock == "mono" else None
+        events: list[SelfConnectEvent] = []
+        lost = 0
+        warnings: list[str] = []
+        for line in lines:
+            try:
+                parsed = parse_line(line)
+            except TraceFormatError as exc:
+                self._bad_lines += 1
+                if self._bad_lines <= 3:
+                    warnings.append(f"skipped a trace line this version cannot read: {exc}")
+                continue
+            if isinstance(parsed, LostEvents):
+                lost += parsed.count
+            elif parsed is not None and parsed.is_self_connect:
+                event_offset = offset if offset is not None else now - parsed.seconds
+                events.append(self._event(parsed, event_offset))
+        return WatchBatch(tuple(events), lost, tuple(warnings))
+
+    def drain(self) -> WatchBatch:
+        events: list[SelfConnectEvent] = []
+        lost = 0
+        warnings: list[str] = []
+        for _read in range(_DRAIN_READS):
+            batch = self.read(0)
+            if not batch:
+                break
+            events += batch.events
+            lost += batch.lost
+            warnings += batch.warnings
+        return WatchBatch(tuple(events), lost, tuple(warnings))
+
+    def close(self) -> None:
+        self.instance.close()
