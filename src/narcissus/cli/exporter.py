@@ -14,6 +14,7 @@ from narcissus.cli._common import (
     Terminated,
     add_backend_options,
     add_json_option,
+    backend_choice,
     stop_on_terminate,
 )
 from narcissus.core.ports import parse_host_port
@@ -59,7 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=("127.0.0.1", 9469),
         metavar="HOST:PORT",
         help="where to serve /metrics (default: 127.0.0.1:9469; [::1]:9469 for IPv6, "
-        "0.0.0.0:9469 for every interface, port 0 for any free port)",
+        "0.0.0.0:9469 for every interface, port 0 for a free port outside the ephemeral range)",
     )
     add_backend_options(parser)
     add_json_option(parser, "print one JSON line when ready (the URL, the backend)")
@@ -78,7 +79,8 @@ def run(options: argparse.Namespace) -> int:
     from narcissus.fleet.exporter import MetricsExporter
 
     host, port = options.listen
-    exporter = MetricsExporter(host, port, backend=options.backend, interval=options.interval)
+    backend, interval = backend_choice(options)
+    exporter = MetricsExporter(host, port, backend=backend, interval=interval)
     idle = threading.Event()  # never set: the main thread sleeps here until a signal
     try:
         with stop_on_terminate(), exporter:
