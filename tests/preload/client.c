@@ -17,7 +17,8 @@
  *   client bindself PORT                       bind 127.0.0.1:PORT, connect to it: a
  *                                              deliberate self-connect; prints as "once"
  *   client untilrefused PORT MAX               bindself every 5 ms until refused, at most
- *                                              MAX times; prints "refused after N" or
+ *                                              MAX times; prints "self-connected" after the
+ *                                              first self-connect, then "refused after N" or
  *                                              "never refused"
  *   client serve PORT                          listen on 127.0.0.1:PORT (0: any), print the
  *                                              port, accept and close until stdin closes
@@ -222,12 +223,16 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (strcmp(mode, "untilrefused") == 0 && argc >= 4) {
-        int port = atoi(argv[2]), most = atoi(argv[3]);
-        puts("started");
+        int port = atoi(argv[2]), most = atoi(argv[3]), said = 0;
         for (int i = 1; i <= most; i++) {
-            if (bind_self(port) == 0) {
+            int outcome = bind_self(port);
+            if (outcome == 0) {
                 printf("refused after %d\n", i);
                 return 0;
+            }
+            if (outcome > 0 && !said) {
+                puts("self-connected");
+                said = 1;
             }
             usleep(5000);
         }
