@@ -61,6 +61,11 @@ def run_as_nobody(
     timeout: float = 120,
     **env: str,
 ) -> subprocess.CompletedProcess[str]:
+    """`argv` as nobody with `nobody_env(**env)`. A PATH given there is set only for `argv`
+    itself (through env(1)), so ip and setpriv are still found on the way."""
+    path = env.pop("PATH", None)
+    if path is not None:
+        argv = ["/usr/bin/env", f"PATH={path}", *argv]
     return subprocess.run(
         as_nobody(argv, netns),
         capture_output=True,
