@@ -39,7 +39,7 @@ class PreloadBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         self._directory = tempfile.TemporaryDirectory(prefix="narcissus-wheel-")
         try:
             compiler = build.compiler_command(os.environ)
-            built = build.compile_library(Path(self._directory.name), compiler)
+            built = Path(build.compile_library(self._directory.name, compiler))
         except build.BuildError as exc:
             self.app.display_warning(
                 f"narcissus: a pure-Python wheel without the connect() guard library ({exc}); "

@@ -11,7 +11,8 @@
  *                                              {"refused": R, "self": S, "other": O,
  *                                               "fds_before": F, "fds_after": G}
  *   client bench HOST PORT N                   N connects to a listener; prints the
- *                                              nanoseconds spent inside connect() alone
+ *                                              nanoseconds spent inside connect() alone,
+ *                                              the median of one connect, and failures
  *   client errno HOST PORT                     errno set to EDOM before a connect that
  *                                              succeeds; prints errno after it
  *   client bindself PORT                       bind 127.0.0.1:PORT, connect to it: a
@@ -129,6 +130,11 @@ static long long now_ns(void) {
     return t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
+static int by_value(const void *a, const void *b) {
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
+
 static int bind_self(int port) {
     struct sockaddr_storage to;
     socklen_t len = address("127.0.0.1", port, &to);
@@ -196,16 +202,20 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "bench") == 0 && argc >= 5) {
         long long spent = 0;
         int count = atoi(argv[4]), failed = 0;
+        long long *each = calloc((size_t)(count > 0 ? count : 1), sizeof *each);
         len = address(argv[2], atoi(argv[3]), &to);
         for (int i = 0; i < count; i++) {
             int fd = socket(to.ss_family, SOCK_STREAM, 0);
             long long start = now_ns();
             int result = connect(fd, (struct sockaddr *)&to, len);
-            spent += now_ns() - start;
+            each[i] = now_ns() - start;
+            spent += each[i];
             failed += result != 0;
             abort_close(fd);
         }
-        printf("%lld %d\n", spent, failed);
+        qsort(each, (size_t)count, sizeof *each, by_value);
+        printf("%lld %lld %d\n", spent, count > 0 ? each[count / 2] : 0, failed);
+        free(each);
         return failed != 0;
     }
     if (strcmp(mode, "errno") == 0 && argc >= 4) {

@@ -120,7 +120,7 @@ def test_no_compiler_is_one_line_and_the_command_still_runs(
 
 
 def test_the_name_follows_the_source() -> None:
-    source = build.SOURCE.read_bytes()
+    source = Path(build.SOURCE).read_bytes()
     assert build.library_name(source) == build.library_name()
     assert build.library_name(source + b"\n/* changed */\n") != build.library_name()
     assert build.library_name().startswith(build.PREFIX)

@@ -23,7 +23,6 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from pathlib import Path
 
 # The variable each OS's dynamic loader reads; an OS not listed has none narcissus can use.
 LOADER_VARIABLES = {"linux": "LD_PRELOAD", "darwin": "DYLD_INSERT_LIBRARIES"}
@@ -38,7 +37,7 @@ def loader_variable() -> str | None:
     return LOADER_VARIABLES.get(platform)
 
 
-def library(environ: Mapping[str, str] | None = None) -> Path:
+def library(environ: Mapping[str, str] | None = None) -> str:
     """The library for this host, prebuilt or cached, compiled now if need be; raises
     `build.BuildError` (one line) when there is none and none can be made."""
     from narcissus.prevent.preload.build import library as find_or_build
@@ -63,7 +62,7 @@ def prepare(executable: str, environ: Mapping[str, str]) -> tuple[dict[str, str]
         path = library(env)
     except BuildError as exc:
         return env, f"{exc}; only Python processes are guarded"
-    env[variable] = with_library(env.get(variable, ""), str(path))
+    env[variable] = with_library(env.get(variable, ""), path)
     from narcissus.prevent.preload.coverage import not_covered
 
     return env, not_covered(executable, path, env)

@@ -7,7 +7,6 @@ import argparse
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 from narcissus.prevent.preload.build import (
     BuildError,
@@ -31,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         if options.werror:
             with tempfile.TemporaryDirectory() as directory:
                 compiler = [*compiler_command(os.environ), "-Werror"]
-                built = compile_library(Path(directory), compiler)
-                print(f"built {built.name} with -Werror: no warnings")
+                built = compile_library(directory, compiler)
+                print(f"built {os.path.basename(built)} with -Werror: no warnings")
             return 0
         print(library(os.environ))
     except BuildError as exc:

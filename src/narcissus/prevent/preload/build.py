@@ -10,28 +10,30 @@ Where it comes from, in order:
    named by uid under $TMPDIR or /tmp.
 
 The file name carries a hash of the source, the compiler flags and the platform, so a changed
-source never runs a stale library and copies built for other machines never collide; a build
+source never runs a stale library and copies built for other machines never collide (CRC-32
+and Adler-32 together, 64 bits: hashlib would load OpenSSL, ~10 ms of every `narcissus run`,
+and the name only tells versions apart; trust comes from the ownership checks below); a build
 goes to a temporary name and is renamed into place, so concurrent first uses both succeed and
 never load a half-written file. A library is loaded into every process a command starts, so a
 cached copy is used only if nobody else could have written it (file and directory owned by this
 user or root, not writable by group or others).
 
-Standard library only, and loadable by file path without the package (the build hook does so).
+Standard library only (paths as strings: pathlib costs `narcissus run` milliseconds too), and
+loadable by file path without the package (the build hook does so).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import sys
-from pathlib import Path
+import zlib
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-SOURCE = Path(__file__).with_name("narcissus_preload.c")
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "narcissus_preload.c")
 PREFIX = "libnarcissus_preload-"
 # -fvisibility=hidden: the library exports connect() and nothing else.
 CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden")
@@ -51,24 +53,25 @@ def suffix() -> str:
 
 def library_name(source: bytes | None = None) -> str:
     """`libnarcissus_preload-<hash>.so`: the hash covers what the binary depends on."""
-    text = SOURCE.read_bytes() if source is None else source
-    key = hashlib.sha256(text)
-    for part in (*CFLAGS, *LIBS, sys.platform, os.uname().machine):
-        key.update(b"\0" + part.encode())
-    return f"{PREFIX}{key.hexdigest()[:16]}{suffix()}"
+    if source is None:
+        with open(SOURCE, "rb") as file:
+            source = file.read()
+    key = b"\0".join([source, *(p.encode() for p in (*CFLAGS, *LIBS, sys.platform))])
+    key += b"\0" + os.uname().machine.encode()
+    return f"{PREFIX}{zlib.crc32(key):08x}{zlib.adler32(key):08x}{suffix()}"
 
 
-def library(environ: Mapping[str, str]) -> Path:
+def library(environ: Mapping[str, str]) -> str:
     """The library for this source: prebuilt, cached, or compiled now into the first usable
     cache directory. Raises BuildError (one line) when there is none and none can be made."""
     name = library_name()
-    packaged = SOURCE.with_name(name)
-    if packaged.is_file():
+    packaged = os.path.join(os.path.dirname(SOURCE), name)
+    if os.path.isfile(packaged):
         return packaged
     directories = cache_directories(environ)
     for directory in directories:
-        if _trusted(directory / name, directory):
-            return directory / name
+        if _trusted(os.path.join(directory, name), directory):
+            return os.path.join(directory, name)
     compiler = compiler_command(environ)
     problems = []
     for directory in directories:
@@ -83,22 +86,22 @@ def library(environ: Mapping[str, str]) -> Path:
     )
 
 
-def cache_directories(environ: Mapping[str, str]) -> list[Path]:
+def cache_directories(environ: Mapping[str, str]) -> list[str]:
     """Per-user cache directories, best first. Paths with a space or a colon are left out:
     LD_PRELOAD splits on both."""
     candidates = []
     xdg = environ.get("XDG_CACHE_HOME", "")
     if os.path.isabs(xdg):
-        candidates.append(Path(xdg) / "narcissus")
+        candidates.append(os.path.join(xdg, "narcissus"))
     home = environ.get("HOME", "")
     if os.path.isabs(home):
-        candidates.append(Path(home) / ".cache" / "narcissus")
+        candidates.append(os.path.join(home, ".cache", "narcissus"))
     temp = environ.get("TMPDIR", "")
     temp = temp if os.path.isabs(temp) else "/tmp"
-    candidates.append(Path(temp) / f"narcissus-{os.geteuid()}")
-    unique: list[Path] = []
-    for candidate in candidates:
-        if candidate not in unique and not any(c in str(candidate) for c in " \t\n:"):
+    candidates.append(os.path.join(temp, f"narcissus-{os.geteuid()}"))
+    unique: list[str] = []
+    for candidate in map(os.path.normpath, candidates):
+        if candidate not in unique and not any(c in candidate for c in " \t\n:"):
             unique.append(candidate)
     return unique
 
@@ -128,18 +131,19 @@ def compiler_command(environ: Mapping[str, str]) -> list[str]:
     )
 
 
-def compile_library(directory: Path, compiler: list[str], name: str | None = None) -> Path:
+def compile_library(directory: str, compiler: list[str], name: str | None = None) -> str:
     """Compile the source into `directory/name`, atomically (a temporary name, then rename)."""
     import subprocess
 
-    target = directory / (name or library_name())
-    temporary = directory / f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    argv = [*compiler, *CFLAGS, "-o", str(temporary), str(SOURCE), *LIBS]
+    name = name or library_name()
+    target = os.path.join(directory, name)
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    argv = [*compiler, *CFLAGS, "-o", temporary, SOURCE, *LIBS]
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=COMPILE_TIMEOUT, check=False
         )
-        if done.returncode != 0 or not temporary.is_file():
+        if done.returncode != 0 or not os.path.isfile(temporary):
             raise BuildError(
                 f"{os.path.basename(compiler[0])} could not build narcissus's connect() guard "
                 f"library (exit {done.returncode}): {_first_error(done.stderr)}"
@@ -156,8 +160,8 @@ def compile_library(directory: Path, compiler: list[str], name: str | None = Non
             f"cannot build narcissus's connect() guard library in {directory}: {exc.strerror}"
         ) from exc
     finally:
-        if temporary.exists():
-            temporary.unlink()
+        if os.path.exists(temporary):
+            os.unlink(temporary)
     return target
 
 
@@ -168,11 +172,11 @@ def _first_error(stderr: str) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _prepare_directory(directory: Path) -> str | None:
+def _prepare_directory(directory: str) -> str | None:
     """Create `directory` (0700) if needed; None if it is ours alone and writable, else why not."""
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = directory.lstat()
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.lstat(directory)
     except OSError as exc:
         return f"{directory}: {exc.strerror}"
     if not stat.S_ISDIR(info.st_mode):
@@ -184,11 +188,11 @@ def _prepare_directory(directory: Path) -> str | None:
     return None
 
 
-def _trusted(path: Path, directory: Path) -> bool:
+def _trusted(path: str, directory: str) -> bool:
     """Is `path` a library only this user (or root) could have put there?"""
     try:
-        file_info = path.lstat()
-        dir_info = directory.lstat()
+        file_info = os.lstat(path)
+        dir_info = os.lstat(directory)
     except OSError:
         return False
     owners = (os.geteuid(), 0)

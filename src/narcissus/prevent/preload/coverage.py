@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from pathlib import Path
 
 from narcissus.prevent.preload.elf import ElfInfo, read_elf
 
@@ -30,7 +29,7 @@ _SIP_PREFIXES = ("/System/", "/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/", "/usr
 _MAX_SCRIPT_DEPTH = 4  # the kernel follows at most a few levels of #! itself
 
 
-def not_covered(executable: str, library: Path, environ: Mapping[str, str]) -> str | None:
+def not_covered(executable: str, library: str, environ: Mapping[str, str]) -> str | None:
     """One or two sentences on why `library` cannot guard `executable` (a path), or None when
     it can (or when it cannot tell: not ELF, unreadable)."""
     program, chain = _interpreter_of(executable, environ)
@@ -47,7 +46,7 @@ def not_covered(executable: str, library: Path, environ: Mapping[str, str]) -> s
     return f"{text}. The dynamically linked programs it starts are still guarded."
 
 
-def _why_not(program: str, library: Path) -> tuple[str, bool] | None:
+def _why_not(program: str, library: str) -> tuple[str, bool] | None:
     """Why not, and whether the programs it starts are out of reach too."""
     if sys.platform == "darwin":
         if program.startswith(_SIP_PREFIXES):
@@ -76,7 +75,7 @@ def _why_not(program: str, library: Path) -> tuple[str, bool] | None:
         return (
             "is statically linked, so no dynamic loader runs to load the connect() guard library"
         ), False
-    ours = _elf(str(library))
+    ours = _elf(library)
     if ours is not None and not elf.same_architecture(ours):
         return (
             f"is a {elf.architecture} program and the connect() guard library is built for "
