@@ -11,6 +11,10 @@ tests/preload/client.c compiled for the run:
    Twice: a listener on a port inside the ephemeral range (the library checks every connect:
    one getsockname()) and one outside it (skipped after one comparison). Ratio: median over
    rounds of guarded / unguarded within the round. Goal <= 1.05 for both.
+   Then the same within one guarded process, connect by connect: the preloaded connect()
+   alternating with libc's own (found with dlopen(RTLD_NOLOAD)), which cancels the drift of a
+   shared machine between processes; an unguarded process doing the same is the control
+   (both halves are libc's there, so its ratio shows any bias of the order).
    `narcissus run`'s own start-up is not in those numbers: it is timed separately (wall time of
    `narcissus run --quiet -- true` against `true`), with the library's first build.
 2. Prevention. The namespace's range narrowed to one port P: the client makes 10,000 connects to
@@ -81,6 +85,21 @@ def compare(client: Path, port: int, connects: int, block: int) -> tuple[float, 
     return statistics.median(ratios), statistics.median(plain), statistics.median(guarded)
 
 
+def alternate(client: Path, port: int, connects: int, runs: int, guarded: bool) -> float:
+    """Median over `runs` processes of (connect() median / libc connect median)."""
+    argv = [str(client), "alternate", "127.0.0.1", str(port), str(connects)]
+    if guarded:
+        argv = narcissus("run", "--quiet", "--", *argv)
+    ratios = []
+    for _ in range(runs):
+        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+        preloaded, libc, failed = done.stdout.split()
+        if failed != "0":
+            raise SystemExit(f"alternate: {failed} connects failed")
+        ratios.append(int(preloaded) / int(libc))
+    return statistics.median(ratios)
+
+
 def wall_ms(argv: list[str], runs: int) -> float:
     samples = []
     for _ in range(runs):
@@ -127,6 +146,12 @@ def main() -> int:
                 assert server.stdout.readline().strip() == str(port)
             for port in (PORT_INSIDE, PORT_OUTSIDE):
                 results[port] = compare(client, port, options.connects, options.block)
+            runs = max(1, options.connects // 2_000)
+            interleaved = {
+                (port, guarded): alternate(client, port, 2_000, runs, guarded)
+                for port in (PORT_INSIDE, PORT_OUTSIDE)
+                for guarded in (True, False)
+            }
 
         with open(RANGE_FILE) as file:
             saved_range = file.read().strip()
@@ -162,6 +187,15 @@ def main() -> int:
             f"  port {port} ({label} the range): unguarded {plain / 1000:6.2f} us, "
             f"guarded {guarded_us / 1000:6.2f} us   guarded / unguarded {ratio:.3f}  "
             f"goal <= 1.050  {verdict(ratio <= 1.05)}"
+        )
+    print(f"  one process, connect by connect ({runs} runs of 2,000; median ratio):")
+    for port, label in ((PORT_INSIDE, "inside"), (PORT_OUTSIDE, "outside")):
+        ratio = interleaved[(port, True)]
+        ok &= ratio <= 1.05
+        print(
+            f"    port {port} ({label}): preloaded connect / libc connect {ratio:.3f}  "
+            f"goal <= 1.050  {verdict(ratio <= 1.05)}   (control, unguarded: "
+            f"{interleaved[(port, False)]:.3f})"
         )
     print(
         f"  not in those numbers: `narcissus run --quiet -- true` {start_run:.1f} ms against "

@@ -13,6 +13,10 @@
  *   client bench HOST PORT N                   N connects to a listener; prints the
  *                                              nanoseconds spent inside connect() alone,
  *                                              the median of one connect, and failures
+ *   client alternate HOST PORT N               N connects to a listener alternating, one by
+ *                                              one, between connect() (the preloaded one, if
+ *                                              any) and libc's own; prints the median
+ *                                              nanoseconds of each: "CONNECT LIBC"
  *   client errno HOST PORT                     errno set to EDOM before a connect that
  *                                              succeeds; prints errno after it
  *   client bindself PORT                       bind 127.0.0.1:PORT, connect to it: a
@@ -27,6 +31,9 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dirent.h>
+#ifndef STATIC_CLIENT
+#include <dlfcn.h>
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -218,6 +225,35 @@ int main(int argc, char **argv) {
         free(each);
         return failed != 0;
     }
+#ifndef STATIC_CLIENT /* dlopen in a static program draws a linker warning */
+    if (strcmp(mode, "alternate") == 0 && argc >= 5) {
+        typedef int (*connect_fn)(int, const struct sockaddr *, socklen_t);
+        void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD), *symbol;
+        connect_fn direct;
+        int count = atoi(argv[4]) / 2, failed = 0;
+        long long *each[2] = {calloc((size_t)count + 1, sizeof(long long)),
+                              calloc((size_t)count + 1, sizeof(long long))};
+        if (libc == NULL || (symbol = dlsym(libc, "connect")) == NULL) {
+            puts("error no libc connect");
+            return 1;
+        }
+        memcpy(&direct, &symbol, sizeof direct);
+        len = address(argv[2], atoi(argv[3]), &to);
+        for (int i = 0; i < 2 * count; i++) {
+            int fd = socket(to.ss_family, SOCK_STREAM, 0);
+            long long start = now_ns();
+            int result = i % 2 ? direct(fd, (struct sockaddr *)&to, len)
+                               : connect(fd, (struct sockaddr *)&to, len);
+            each[i % 2][i / 2] = now_ns() - start;
+            failed += result != 0;
+            abort_close(fd);
+        }
+        for (int k = 0; k < 2; k++)
+            qsort(each[k], (size_t)count, sizeof(long long), by_value);
+        printf("%lld %lld %d\n", each[0][count / 2], each[1][count / 2], failed);
+        return failed != 0;
+    }
+#endif
     if (strcmp(mode, "errno") == 0 && argc >= 4) {
         len = address(argv[2], atoi(argv[3]), &to);
         int fd = socket(to.ss_family, SOCK_STREAM, 0);

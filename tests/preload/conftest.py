@@ -28,7 +28,8 @@ def programs() -> Iterator[Programs]:
         client = str(HERE / "client.c")
         warnings = ["-O2", "-Wall", "-Wextra"]
         compile_program(["gcc", *warnings, "-o", str(built.client), client])
-        compile_program(["gcc", *warnings, "-static", "-o", str(built.static_client), client])
+        static = ["-static", "-DSTATIC_CLIENT", "-o", str(built.static_client)]
+        compile_program(["gcc", *warnings, *static, client])
         fake = str(HERE / "fake_go.c")
         go_section = ["-DFAKE_GO_SECTION", "-o", str(built.fake_go_section)]
         compile_program(["gcc", *warnings, *go_section, fake])

@@ -27,6 +27,8 @@ PATH = "/proc/sys/net/ipv4/ip_local_port_range"
 _LINUX = sys.platform.startswith("linux")
 
 # [low, high, expires]: empty and expired until the first port outside it asks for a read.
+# The guard's hot path compares with state[0] and state[1] inline and calls at_risk() only
+# for a port outside them; only refresh() and forget() replace the contents (in one step).
 state: list[float] = [1, 0, 0.0]
 
 

@@ -19,6 +19,7 @@ from errno import ECONNREFUSED
 from narcissus.errors import SelfConnectError
 from narcissus.guard.check import is_self_connected, refuse
 from narcissus.guard.ephemeral import at_risk
+from narcissus.guard.ephemeral import state as _range
 from narcissus.guard.patching import Patch
 
 TYPE_CHECKING = False
@@ -36,9 +37,14 @@ def _guarded_connect(original: Connect) -> Connect:
     def connect(self: socket.socket, address: Any, /) -> None:
         __tracebackhide__ = True  # pytest shows the caller's connect() line, not this one
         original(self, address)
-        # The hot path: a port outside the ephemeral range cannot self-connect by accident;
-        # inside it, one getsockname(); only equal ports need a closer look.
-        if type(address) is tuple and at_risk(address[1]) and _getsockname(self)[1] == address[1]:
+        # The hot path: a port outside the ephemeral range cannot self-connect by accident
+        # (compared inline; at_risk() re-reads a stale range); inside it, one getsockname();
+        # only equal ports need a closer look.
+        if (
+            type(address) is tuple
+            and (_range[0] <= address[1] <= _range[1] or at_risk(address[1]))
+            and _getsockname(self)[1] == address[1]
+        ):
             _settle_connect(self, address, original)
 
     connect.__doc__ = original.__doc__
@@ -51,7 +57,7 @@ def _guarded_connect_ex(original: ConnectEx) -> ConnectEx:
         if (
             error == 0
             and type(address) is tuple
-            and at_risk(address[1])
+            and (_range[0] <= address[1] <= _range[1] or at_risk(address[1]))
             and _getsockname(self)[1] == address[1]
         ):
             return _settle_connect_ex(self, address, original)
