@@ -47,7 +47,8 @@ def at_risk(port: int) -> bool:
 
 
 def refresh() -> None:
-    """Read the range now (one slice assignment, so other threads see old or new, not a mix)."""
+    """Read the range now. A thread reading the bounds while another replaces them may pair an
+    old bound with a new one for one connect: no worse than a range read a moment earlier."""
     low, high = 0, 65535
     if _LINUX:
         try:
