@@ -60,7 +60,14 @@ class ElfInfo(Value):
 
 
 def read_elf(read: Reader) -> ElfInfo | None:
-    """The facts, or None if this is not an ELF file (a script, Mach-O, truncated)."""
+    """The facts, or None if this is not an ELF file (a script, Mach-O, truncated, corrupt)."""
+    try:
+        return _read_elf(read)
+    except (struct.error, IndexError, ValueError, OverflowError):
+        return None
+
+
+def _read_elf(read: Reader) -> ElfInfo | None:
     ident = read(0, 16)
     if len(ident) < 16 or ident[:4] != MAGIC or ident[4] not in (1, 2) or ident[5] not in (1, 2):
         return None
