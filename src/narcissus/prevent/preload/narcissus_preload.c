@@ -8,10 +8,18 @@
  * (src/narcissus/guard/check.py) and the call fails with ECONNREFUSED: the truth, since nothing
  * listens there. Every other call passes through untouched, errno included.
  *
+ * What it cannot see: code that makes the connect system call itself (Go, static binaries,
+ * io_uring), a connect made by sendto(MSG_FASTOPEN), and programs the dynamic loader starts in
+ * secure mode (setuid); `narcissus run` says so for the command it starts.
+ *
  * The hot path: only a destination port inside the ephemeral range can be handed out as the
  * client's own source port, so for any other port the wrapper adds one comparison (and a read of
  * the coarse monotonic clock, to know the cached range is fresh). Inside the range it adds one
- * getsockname(); only equal ports pay for getpeername() and the rest.
+ * getsockname(); only equal ports pay for getpeername() and the rest. The range is that of the
+ * network namespace the process is in (see port_at_risk()).
+ *
+ * Linux is where this is built and tested; the macOS parts (dyld interposing, the reset by
+ * dup2) follow the same design but have not run here.
  *
  * Rules kept throughout: no allocation, no stdio, no locks (atomics only); every function the
  * wrapper calls after libc's connect() is async-signal-safe (getenv aside, and only once a
