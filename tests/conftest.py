@@ -49,6 +49,27 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 # ---------------------------------------------------------------- fixtures
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache() -> Iterator[None]:
+    """`narcissus run` builds its preload library into the user's cache on first use; the
+    suite uses a cache of its own (XDG_CACHE_HOME, inherited by every command it runs) and
+    removes it, so a test run leaves nothing in the real one."""
+    import shutil
+    import tempfile
+
+    before = os.environ.get("XDG_CACHE_HOME")
+    directory = tempfile.mkdtemp(prefix="narcissus-test-cache-")
+    os.environ["XDG_CACHE_HOME"] = directory
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = before
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture
 def netns() -> Iterator[PrivateNetns]:
     """A private network namespace (loopback up) that only this test uses."""
