@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import suppress
 
 import pytest
 
@@ -47,6 +48,33 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 # ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache() -> Iterator[None]:
+    """`narcissus run` builds its preload library into the user's cache on first use; the
+    suite uses a cache of its own (XDG_CACHE_HOME, inherited by every command it runs) and
+    removes it, so a test run leaves nothing in the real one. Built here, before any test, so
+    that no test's timing includes the compiler."""
+    import shutil
+    import tempfile
+
+    from narcissus.prevent.preload import library
+    from narcissus.prevent.preload.build import BuildError
+
+    before = os.environ.get("XDG_CACHE_HOME")
+    directory = tempfile.mkdtemp(prefix="narcissus-test-cache-")
+    os.environ["XDG_CACHE_HOME"] = directory
+    try:
+        with suppress(BuildError):  # no compiler: the tests that need one say so themselves
+            library()
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = before
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

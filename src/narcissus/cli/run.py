@@ -85,6 +85,12 @@ def run(options: argparse.Namespace) -> int:
     executable = program if os.sep in program else shutil.which(program, path=env.get("PATH"))
     if executable is None:
         raise InputError(f"{program}: command not found on PATH; give its name or path")
+    # Every dynamically linked program CMD starts: narcissus's connect() library, preloaded.
+    from narcissus.prevent.preload import prepare
+
+    env, notice = prepare(executable, env)
+    if notice:
+        sys.stderr.write(f"narcissus run: {notice}\n")
     sys.stdout.flush()
     sys.stderr.flush()
     try:

@@ -51,7 +51,7 @@ def install(*, retries: int = 0) -> None:
     """Guard every connect in this process. Installing again only changes `retries`."""
     if type(retries) is not int or not 0 <= retries <= MAX_RETRIES:
         raise ValueError(f"retries must be a whole number from 0 to {MAX_RETRIES}, not {retries!r}")
-    from narcissus.prevent.guard import aio, check, sockets
+    from narcissus.prevent.guard import aio, check, preloaded, sockets
 
     with _lock:
         check.retries = retries
@@ -61,14 +61,16 @@ def install(*, retries: int = 0) -> None:
         for patch in _socket_patches:
             patch.apply()
         aio.patch()
+        preloaded.claim()  # under `narcissus run`: Python sockets are checked here, not in C
 
 
 def uninstall() -> None:
     """Remove the guard: the patched methods are the originals again (a no-op if not
     installed)."""
-    from narcissus.prevent.guard import aio, check
+    from narcissus.prevent.guard import aio, check, preloaded
 
     with _lock:
+        preloaded.release()
         aio.unpatch()
         for patch in reversed(_socket_patches):
             patch.revert()

@@ -17,6 +17,7 @@ import sys
 from narcissus.errors import SelfConnectError
 from narcissus.prevent.guard import check
 from narcissus.prevent.guard.check import is_self_connected, refuse
+from narcissus.prevent.guard.ephemeral import at_risk
 from narcissus.prevent.guard.patching import ImportHook, Patch
 
 TYPE_CHECKING = False
@@ -54,6 +55,7 @@ def _guarded_sock_connect(original: SockConnect) -> SockConnect:
             else:
                 if not (
                     type(address) is tuple
+                    and at_risk(address[1])
                     and sock.getsockname()[1] == address[1]
                     and is_self_connected(sock)
                 ):

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import socket
 from errno import ECONNREFUSED
+from time import monotonic as _monotonic
 
 from narcissus.errors import SelfConnectError
 from narcissus.prevent.guard.check import is_self_connected, refuse
+from narcissus.prevent.guard.ephemeral import at_risk
+from narcissus.prevent.guard.ephemeral import state as _range
 from narcissus.prevent.guard.patching import Patch
 
 TYPE_CHECKING = False
@@ -35,9 +38,16 @@ def _guarded_connect(original: Connect) -> Connect:
     def connect(self: socket.socket, address: Any, /) -> None:
         __tracebackhide__ = True  # pytest shows the caller's connect() line, not this one
         original(self, address)
-        # The hot path: one getsockname(); only equal ports need a closer look.
-        if type(address) is tuple and _getsockname(self)[1] == address[1]:
-            _settle_connect(self, address, original)
+        # The hot path: a port outside the ephemeral range cannot self-connect by accident, so
+        # it costs two comparisons and a clock read (is the cached range still fresh? if not,
+        # at_risk() reads it again); inside it, one getsockname(); only equal ports need a
+        # closer look.
+        if type(address) is tuple:
+            port = address[1]
+            if (
+                _range[0] <= port <= _range[1] or (_monotonic() >= _range[2] and at_risk(port))
+            ) and _getsockname(self)[1] == port:
+                _settle_connect(self, address, original)
 
     connect.__doc__ = original.__doc__
     return connect
@@ -46,8 +56,12 @@ def _guarded_connect(original: Connect) -> Connect:
 def _guarded_connect_ex(original: ConnectEx) -> ConnectEx:
     def connect_ex(self: socket.socket, address: Any, /) -> int:
         error = original(self, address)
-        if error == 0 and type(address) is tuple and _getsockname(self)[1] == address[1]:
-            return _settle_connect_ex(self, address, original)
+        if error == 0 and type(address) is tuple:
+            port = address[1]
+            if (
+                _range[0] <= port <= _range[1] or (_monotonic() >= _range[2] and at_risk(port))
+            ) and _getsockname(self)[1] == port:
+                return _settle_connect_ex(self, address, original)
         return error
 
     connect_ex.__doc__ = original.__doc__

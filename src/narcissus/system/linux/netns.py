@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -259,9 +260,19 @@ def entered(netns: Netns | None) -> Iterator[None]:
             ) from exc
         finally:
             os.close(target)
+        _namespace_changed()
         try:
             yield
         finally:
             _setns(original)
+            _namespace_changed()
     finally:
         os.close(original)
+
+
+def _namespace_changed() -> None:
+    """This thread's network namespace changed: the guard's cached ephemeral range (if the
+    guard is loaded) belongs to the old one."""
+    ephemeral = sys.modules.get("narcissus.prevent.guard.ephemeral")
+    if ephemeral is not None:
+        ephemeral.forget()
