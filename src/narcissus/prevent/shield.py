@@ -603,6 +603,7 @@ def shielded_cgroup(parent: str | None = None, *, mechanism: str | None = None) 
 def run_shielded(
     argv: Sequence[str],
     *,
+    executable: str | None = None,
     env: Mapping[str, str] | None = None,
     parent: str | None = None,
     mechanism: str | None = None,
@@ -633,6 +634,7 @@ def run_shielded(
                 # child inside a cgroup before it runs a single instruction of CMD
                 process = subprocess.Popen(
                     list(argv),
+                    executable=executable,
                     env=dict(env) if env is not None else None,
                     preexec_fn=enter_cgroup,  # noqa: PLW1509
                 )
