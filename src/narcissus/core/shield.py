@@ -348,11 +348,16 @@ def _ipv6_destination() -> list[Item]:
     ]
 
 
-def _nonlocal_guard(layout: KernelLayout, family: int) -> list[Item]:
-    """11a. where bind() takes any address, its answer says nothing: count loopback only."""
-    switches = layout.nonlocal_bind
-    if switches is None:
+def _other_local_address(layout: KernelLayout, family: int) -> list[Item]:
+    """11. a destination that is not loopback: local only if bind() accepts it (when the
+    kernel's bind() switches cannot be read, loopback is all that counts as local)."""
+    if layout.nonlocal_bind is None:
         return [ja("allow")]
+    return [*_nonlocal_guard(layout.nonlocal_bind, family), *_bind_probe(family)]
+
+
+def _nonlocal_guard(switches: NonlocalBind, family: int) -> list[Item]:
+    """11a. where bind() takes any address, its answer says nothing: count loopback only."""
     steps: list[Item] = [
         ldx(switches.ipv4_size, R2, R9, switches.ipv4_sysctl),
         jmp_imm(JNE, R2, 0, "allow"),
@@ -419,8 +424,7 @@ def connect4_program(layout: KernelLayout, counter_fd: int, mechanism: str) -> l
         *_step_bound_address(4),
         *_step_port_and_namespace(layout),
         *_ipv4_destination(B.SOCK_ADDR_USER_IP4),
-        *_nonlocal_guard(layout, 4),
-        *_bind_probe(4),
+        *_other_local_address(layout, 4),
         *_verdicts(counter_fd, mechanism),
     ]
 
@@ -446,8 +450,7 @@ def connect6_program(layout: KernelLayout, counter_fd: int, mechanism: str) -> l
         Label("ipv6"),
         *_ipv6_destination(),
         Label("nonlocal"),
-        *_nonlocal_guard(layout, 6),
-        *_bind_probe(6),
+        *_other_local_address(layout, 6),
         *_verdicts(counter_fd, mechanism),
     ]
 
