@@ -238,9 +238,10 @@ def _exit_like_signal(signum: int) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     if signum not in _CORE_DUMPING:
-        try:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-        except (OSError, ValueError):
-            pass
+        if signum not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(signum, signal.SIG_DFL)
+            except (OSError, ValueError):
+                return 128 + signum
+        os.kill(os.getpid(), signum)
     return 128 + signum
