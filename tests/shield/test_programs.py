@@ -20,6 +20,8 @@ LAYOUT = S.KernelLayout(
     port_range_packed=True,
     reserved_ports=1552,
     nonlocal_bind=S.NonlocalBind(1307, 1, 2113, 1, 800, (1 << 11) | (1 << 15)),
+    route_generation4=1636,
+    route_generation6=2540,
 )
 
 
@@ -64,14 +66,15 @@ def _calls(program: bytes) -> list[int]:
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_program_tables(family: int) -> None:
-    retval = S.program(family, LAYOUT, 3, S.MECHANISM_RETVAL)
+    retval = S.program(family, LAYOUT, 3, S.MECHANISM_RETVAL, 4)
     eperm = S.program(family, LAYOUT, 3, S.MECHANISM_EPERM)
     assert B.FUNC_set_retval in _calls(retval) and B.FUNC_get_retval in _calls(retval)
+    assert B.FUNC_map_lookup_elem in _calls(retval) and B.FUNC_map_update_elem in _calls(retval)
     assert B.FUNC_set_retval not in _calls(eperm)
     for code in (retval, eperm):
         assert B.FUNC_sk_lookup_tcp in _calls(code) and B.FUNC_sk_release in _calls(code)
         assert B.FUNC_bind in _calls(code)
-        assert B.instruction_count(code) < 200
+        assert B.instruction_count(code) < 320
     loopback_only = S.program(
         family, S.KernelLayout(48, 1292, True, 1552, None), 3, S.MECHANISM_RETVAL
     )
@@ -114,8 +117,9 @@ def test_btf_offsets_of_this_kernel() -> None:
 @pytest.mark.parametrize("mechanism", S.MECHANISMS)
 @pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("nonlocal_known", [True, False])
+@pytest.mark.parametrize("cached", [True, False])
 def test_the_verifier_accepts_every_variant(
-    family: int, mechanism: str, nonlocal_known: bool
+    family: int, mechanism: str, nonlocal_known: bool, cached: bool
 ) -> None:
     from dataclasses import replace
 
@@ -126,11 +130,14 @@ def test_the_verifier_accepts_every_variant(
     if not nonlocal_known:
         layout = replace(layout, nonlocal_bind=None)
     counter = sysbpf.create_map(B.MAP_TYPE_ARRAY, 4, 8, 1, name=S.COUNTER_NAME)
+    cache = sysbpf.create_map(
+        B.MAP_TYPE_LRU_HASH, S.CACHE_KEY_SIZE, S.CACHE_VALUE_SIZE, 64, name=S.CACHE_NAME
+    )
     try:
         attach = B.CGROUP_INET4_CONNECT if family == 4 else B.CGROUP_INET6_CONNECT
         fd = sysbpf.load_program(
             B.PROG_TYPE_CGROUP_SOCK_ADDR,
-            S.program(family, layout, counter, mechanism),
+            S.program(family, layout, counter, mechanism, cache if cached else None),
             name=S.PROGRAM_NAMES[(family, mechanism)],
             expected_attach_type=attach,
         )
@@ -138,9 +145,10 @@ def test_the_verifier_accepts_every_variant(
         os.close(fd)
         assert info.name == S.PROGRAM_NAMES[(family, mechanism)]
         assert info.type == B.PROG_TYPE_CGROUP_SOCK_ADDR
-        assert len(info.map_ids) == 1
+        assert len(info.map_ids) == (2 if cached and nonlocal_known else 1)
     finally:
         os.close(counter)
+        os.close(cache)
 
 
 @needs_root

@@ -139,6 +139,59 @@ def test_the_namespaces_own_other_addresses_are_refused(
     assert_self_connected(python_connect("10.213.0.1", P, None, one_port))
 
 
+def remembered_as_remote(cgroup: TestCgroup) -> list[str]:
+    """The addresses the shield's programs on this cgroup remember as not local."""
+    import ipaddress
+
+    from narcissus.core import shield as S
+    from narcissus.system.linux import bpf as sysbpf
+
+    with sysbpf.opened(sysbpf.link_fd_by_id(_link_id(cgroup))) as link:
+        prog_id = sysbpf.link_info(link).prog_id
+    with sysbpf.opened(sysbpf.prog_fd_by_id(prog_id)) as prog:
+        map_ids = sysbpf.prog_info(prog).map_ids
+    found = []
+    for map_id in map_ids:
+        with sysbpf.opened(sysbpf.map_fd_by_id(map_id)) as cache:
+            if sysbpf.map_info(cache).name != S.CACHE_NAME:
+                continue
+            for key in sysbpf.map_keys(cache, S.CACHE_KEY_SIZE):
+                family = int.from_bytes(key[12:16], sys.byteorder)
+                raw = key[16:20] if family == 4 else key[16:32]
+                found.append(str(ipaddress.ip_address(raw)))
+    return sorted(found)
+
+
+def _link_id(cgroup: TestCgroup) -> int:
+    from narcissus.core import bpf as B
+    from narcissus.system.linux import bpf as sysbpf
+
+    for link_id in sysbpf.next_ids(B.LINK_GET_NEXT_ID):
+        with sysbpf.opened(sysbpf.link_fd_by_id(link_id)) as link:
+            if sysbpf.link_info(link).cgroup_id == cgroup.id:
+                return link_id
+    raise AssertionError("no link on the cgroup")
+
+
+def test_an_address_added_after_it_was_seen_as_remote_is_refused(
+    one_port: PrivateNetns, shielded: TestCgroup
+) -> None:
+    """The programs remember addresses found not local, stamped with the namespace's routing
+    generation; adding the address bumps it, so the next connect asks bind() again."""
+    ip(one_port, "link", "add", "own0", "type", "veth", "peer", "name", "own1")
+    ip(one_port, "link", "set", "own0", "up")
+    for done, (host, prefix) in enumerate((("10.216.0.1", "24"), ("fd00:216::1", "64"))):
+        before = python_connect(host, P, shielded, one_port)  # no route there yet
+        assert before == {"connected": False, "errno": errno.ENETUNREACH}, (host, before)
+        assert refused_in(shielded) == done
+        assert host in remembered_as_remote(shielded)
+        ip(one_port, "addr", "add", f"{host}/{prefix}", "dev", "own0", "nodad")
+        after = python_connect(host, P, shielded, one_port)
+        assert after == {"connected": False, "errno": errno.ECONNREFUSED}, (host, after)
+        ip(one_port, "addr", "del", f"{host}/{prefix}", "dev", "own0")
+    assert refused_in(shielded) == 2
+
+
 def test_nested_shields_count_a_refusal_once(one_port: PrivateNetns, shielded: TestCgroup) -> None:
     from narcissus.prevent.shield import shield_off, shield_on
 

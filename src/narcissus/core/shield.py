@@ -37,12 +37,18 @@ up to date by user space, so namespaces and addresses made after `shield on` are
     bpf_bind means IP_BIND_ADDRESS_NO_PORT). Where bind() accepts any address
     (net.ipv4.ip_nonlocal_bind / net.ipv6.ip_nonlocal_bind in the namespace, or
     IP_FREEBIND / IP_TRANSPARENT on the socket: all read through the same typed pointers) the
-    answer means nothing, so those connects count loopback only. Trade-off: a refused socket
-    is left bound to the destination address (no port); it failed with ECONNREFUSED and is
-    normally closed, and a retry on the same socket still works (that address is where it
-    would connect from anyway). The alternatives were worse: walking the kernel's address
-    hash tables ties the program to one kernel's hash function; maps of addresses filled by
-    user space go stale without a daemon.
+    answer means nothing, so those connects count loopback only.
+    A "not local" answer is remembered in an LRU hash map keyed by (netns cookie, bound
+    device, address) and stamped with the namespace's routing generation (net->ipv4.rt_genid,
+    net->ipv6.fib6_sernum: the kernel bumps them on every address, route and rule change), so
+    later connects to that remote address skip the socket lookup and bind(): exact, with no
+    expiry to tune. "Local" answers are never remembered (they are refused, which is cheap).
+    Trade-off: a refused socket is left bound to the destination address (no port); it failed
+    with ECONNREFUSED and is normally closed, and a retry on the same socket still works (for
+    a local destination that address is the source the kernel picks anyway). Measured
+    (bench/shield.py): ~0.2 us per connect on the longest path. The alternatives were worse:
+    walking the kernel's address hash tables ties the program to one kernel's hash function;
+    maps of addresses filled by user space go stale without a daemon.
 
 Where it could refuse a connect that would have succeeded (all need a destination with no
 listener that something else answers):
@@ -102,6 +108,7 @@ from narcissus.core.bpf import (
     jmp32,
     jmp32_imm,
     jmp_imm,
+    ld_map_fd,
     ld_map_value,
     ldx,
     mov32_imm,
@@ -131,10 +138,15 @@ PROGRAM_NAMES = {  # (family, mechanism) -> program name (bpftool shows it; stat
 COUNTER_NAME = "narcissus_ref"  # the array map counting refusals (one u64)
 COUNTER_KEY_SIZE, COUNTER_VALUE_SIZE = 4, 8
 
+CACHE_NAME = "narcissus_far"  # LRU hash: addresses found not local, per namespace
+CACHE_KEY_SIZE, CACHE_VALUE_SIZE, CACHE_ENTRIES = 32, 4, 4096
+
 # stack layout (offsets from the frame pointer)
 _SCRATCH = -8  # one u64: a word of the reserved-ports bitmap
 _TUPLE = -48  # struct bpf_sock_tuple (36 bytes for IPv6), zeroed before use
 _SOCKADDR = -80  # struct sockaddr_in / sockaddr_in6 (28 bytes) for bpf_bind
+_KEY = -112  # cache key: u64 netns cookie, u32 bound ifindex, u32 family, u8 address[16]
+_GENERATION = -120  # u32: the namespace's routing generation when the cache was asked
 
 _LOOPBACK4 = native_u32(bytes((127, 0, 0, 1)))
 _FIRST_BYTE = native_u32(bytes((0xFF, 0, 0, 0)))  # mask: the first byte of an address
@@ -166,6 +178,8 @@ class KernelLayout:
     port_range_packed: bool  # u32 low | high << 16 (6.3+); else int range[2]
     reserved_ports: int  # struct net -> ipv4.sysctl_local_reserved_ports (unsigned long *)
     nonlocal_bind: NonlocalBind | None  # None: only loopback destinations count as local
+    route_generation4: int | None = None  # struct net -> ipv4.rt_genid (None: no cache)
+    route_generation6: int | None = None  # struct net -> ipv6.fib6_sernum
 
 
 def _step_socket(family: int, mechanism: str) -> list[Item]:
@@ -247,8 +261,13 @@ def _step_port_and_namespace(layout: KernelLayout) -> list[Item]:
         # 6. the namespace's ephemeral range (ip_local_port_range): outside it, no connect()
         #    is ever handed the destination port as its source port
         *in_range,
-        # 7. reserved ports (ip_local_reserved_ports) are never handed out either: test bit
-        #    `port` of the bitmap, reading its word with bpf_probe_read_kernel
+    ]
+
+
+def _reserved(layout: KernelLayout) -> list[Item]:
+    """11. reserved ports (ip_local_reserved_ports) are never handed out either: test bit
+    `port` of the namespace's bitmap, reading its word with bpf_probe_read_kernel."""
+    return [
         st(8, FP, _SCRATCH, 0),
         ldx(8, R3, R9, layout.reserved_ports),
         mov64(R2, R8),
@@ -268,8 +287,9 @@ def _step_port_and_namespace(layout: KernelLayout) -> list[Item]:
     ]
 
 
-def _lookup(tuple_size: int) -> list[Item]:
-    """8. anything listening on the destination in this namespace? (tuple filled on the stack)"""
+def _lookup(tuple_size: int, suffix: str) -> list[Item]:
+    """12. anything listening on the destination in this namespace? (the tuple is on the
+    stack; wildcard, specific-address, dual-stack and SO_REUSEPORT listeners are all found)"""
     return [
         mov64(R1, R6),
         mov64(R2, FP),
@@ -278,11 +298,11 @@ def _lookup(tuple_size: int) -> list[Item]:
         mov64_imm(R4, B.F_CURRENT_NETNS),
         mov64_imm(R5, 0),
         call(B.FUNC_sk_lookup_tcp),
-        jmp_imm(JEQ, R0, 0, "nobody_listens"),
+        jmp_imm(JEQ, R0, 0, "nobody_listens" + suffix),
         mov64(R1, R0),  # a listener: release the reference the lookup took, and allow
         call(B.FUNC_sk_release),
         ja("allow"),
-        Label("nobody_listens"),
+        Label("nobody_listens" + suffix),
     ]
 
 
@@ -290,79 +310,81 @@ def _zero(offset: int, size: int) -> list[Item]:
     return [st(8, FP, offset + at, 0) for at in range(0, size, 8)]
 
 
-def _ipv4_destination(address_at: int) -> list[Item]:
-    """Steps 8-10 for an IPv4 destination (user_ip4, or word 3 of an IPv4-mapped one)."""
-    daddr = _TUPLE + B.TUPLE4_DADDR
+def _fill_tuple(kind: str) -> list[Item]:
+    """7. the lookup tuple {daddr, dport} on the stack (the cache key and generation zeroed
+    too, so every path the verifier walks reads initialised memory)."""
+    steps = [*_zero(_TUPLE, 40), *_zero(_KEY, 32), st(8, FP, _GENERATION, 0)]
+    if kind == "ipv6":
+        daddr = _TUPLE + B.TUPLE6_DADDR
+        steps.append(mov64_imm(R4, 0))
+        for word in range(4):  # copy the address; r4 = OR of its words
+            steps += [
+                ldx(4, R2, R6, B.SOCK_ADDR_USER_IP6 + 4 * word),
+                stx(4, FP, daddr + 4 * word, R2),
+                alu64(OR, R4, R2),
+            ]
+        return [
+            *steps,
+            # connect() to :: goes to ::1, so look there
+            jmp_imm(JNE, R4, 0, "daddr6"),
+            st(4, FP, daddr + 12, _ONE),
+            Label("daddr6"),
+            ldx(4, R2, R6, B.SOCK_ADDR_USER_PORT),
+            stx(2, FP, _TUPLE + B.TUPLE6_DPORT, R2),
+        ]
+    address_at = B.SOCK_ADDR_USER_IP4 if kind == "ipv4" else B.SOCK_ADDR_USER_IP6 + 12
     return [
-        # 8. tuple {daddr, dport}; connect() to 0.0.0.0 goes to 127.0.0.1, so look there
-        *_zero(_TUPLE, 16),
+        *steps,
+        # connect() to 0.0.0.0 goes to 127.0.0.1, so look there
         ldx(4, R2, R6, address_at),
         jmp32_imm(JNE, R2, 0, "daddr4"),
         mov32_imm(R2, _LOOPBACK4),
         Label("daddr4"),
-        stx(4, FP, daddr, R2),
+        stx(4, FP, _TUPLE + B.TUPLE4_DADDR, R2),
         ldx(4, R2, R6, B.SOCK_ADDR_USER_PORT),
         stx(2, FP, _TUPLE + B.TUPLE4_DPORT, R2),
-        *_lookup(B.TUPLE4_SIZE),
-        # 9. 127.0.0.0/8 is always local: refuse
-        ldx(4, R2, FP, daddr),
-        alu32_imm(AND, R2, _FIRST_BYTE),
-        jmp32_imm(JEQ, R2, _NET127, "refuse"),
-        # 10. multicast and reserved addresses: connect() fails there anyway; leave it be
-        jmp32_imm(JGE, R2, _MULTICAST4, "allow"),
     ]
 
 
-def _ipv6_destination() -> list[Item]:
-    """Steps 8-10 for an IPv6 destination."""
-    daddr = _TUPLE + B.TUPLE6_DADDR
-    copy: list[Item] = [mov64_imm(R4, 0)]
-    for word in range(4):  # copy the address into the tuple; r4 = OR of its words
-        copy += [
-            ldx(4, R2, R6, B.SOCK_ADDR_USER_IP6 + 4 * word),
-            stx(4, FP, daddr + 4 * word, R2),
-            alu64(OR, R4, R2),
+def _if_loopback(kind: str, target: str, suffix: str) -> list[Item]:
+    """Jump to `target` when the destination in the tuple is loopback (127/8, ::1)."""
+    if kind != "ipv6":
+        return [
+            ldx(4, R2, FP, _TUPLE + B.TUPLE4_DADDR),
+            alu32_imm(AND, R2, _FIRST_BYTE),
+            jmp32_imm(JEQ, R2, _NET127, target),
         ]
-    loopback: list[Item] = []
+    daddr = _TUPLE + B.TUPLE6_DADDR
+    steps: list[Item] = []
     for word in range(3):
-        loopback += [ldx(4, R2, FP, daddr + 4 * word), jmp32_imm(JNE, R2, 0, "not_loopback6")]
+        steps += [ldx(4, R2, FP, daddr + 4 * word), jmp32_imm(JNE, R2, 0, "not_lo" + suffix)]
     return [
-        # 8. tuple {daddr, dport}; connect() to :: goes to ::1, so look there
-        *_zero(_TUPLE, 40),
-        *copy,
-        jmp_imm(JNE, R4, 0, "daddr6"),
-        st(4, FP, daddr + 12, _ONE),
-        Label("daddr6"),
-        ldx(4, R2, R6, B.SOCK_ADDR_USER_PORT),
-        stx(2, FP, _TUPLE + B.TUPLE6_DPORT, R2),
-        *_lookup(B.TUPLE6_SIZE),
-        # 9. ::1 is always local: refuse
-        *loopback,
+        *steps,
         ldx(4, R2, FP, daddr + 12),
-        jmp32_imm(JEQ, R2, _ONE, "refuse"),
-        Label("not_loopback6"),
-        # 10. multicast (ff00::/8): connect() fails there anyway; leave it be
-        ldx(4, R2, FP, daddr),
-        alu32_imm(AND, R2, _FIRST_BYTE),
-        jmp32_imm(JEQ, R2, _MULTICAST6, "allow"),
+        jmp32_imm(JEQ, R2, _ONE, target),
+        Label("not_lo" + suffix),
     ]
 
 
-def _other_local_address(layout: KernelLayout, family: int) -> list[Item]:
-    """11. a destination that is not loopback: local only if bind() accepts it (when the
-    kernel's bind() switches cannot be read, loopback is all that counts as local)."""
-    if layout.nonlocal_bind is None:
-        return [ja("allow")]
-    return [*_nonlocal_guard(layout.nonlocal_bind, family), *_bind_probe(family)]
+def _if_multicast_allow(kind: str) -> list[Item]:
+    """9. multicast (224/4, 240/4, ff00::/8): connect() fails there anyway; leave it be."""
+    first = _TUPLE + (B.TUPLE6_DADDR if kind == "ipv6" else B.TUPLE4_DADDR)
+    compare = (
+        jmp32_imm(JEQ, R2, _MULTICAST6, "allow")
+        if kind == "ipv6"
+        else jmp32_imm(JGE, R2, _MULTICAST4, "allow")
+    )
+    return [ldx(4, R2, FP, first), alu32_imm(AND, R2, _FIRST_BYTE), compare]
 
 
-def _nonlocal_guard(switches: NonlocalBind, family: int) -> list[Item]:
-    """11a. where bind() takes any address, its answer says nothing: count loopback only."""
+def _nonlocal_guard(switches: NonlocalBind, kind: str) -> list[Item]:
+    """10a. where bind() takes any address (ip_nonlocal_bind, IP_FREEBIND, IP_TRANSPARENT),
+    its answer says nothing: then only loopback counts as local."""
     steps: list[Item] = [
         ldx(switches.ipv4_size, R2, R9, switches.ipv4_sysctl),
         jmp_imm(JNE, R2, 0, "allow"),
     ]
-    if family == 6 and switches.ipv6_sysctl is not None:
+    if kind == "ipv6" and switches.ipv6_sysctl is not None:
         steps += [
             ldx(switches.ipv6_size, R2, R9, switches.ipv6_sysctl),
             jmp_imm(JNE, R2, 0, "allow"),
@@ -375,9 +397,60 @@ def _nonlocal_guard(switches: NonlocalBind, family: int) -> list[Item]:
     return steps
 
 
-def _bind_probe(family: int) -> list[Item]:
-    """11b. bind() to (destination, port 0): succeeds only for this namespace's own address."""
-    if family == 4:
+def _generation_offset(layout: KernelLayout, kind: str) -> int | None:
+    return layout.route_generation6 if kind == "ipv6" else layout.route_generation4
+
+
+def _known_remote(layout: KernelLayout, kind: str, cache_fd: int | None) -> list[Item]:
+    """10b. not loopback: a destination already found not to be this namespace's own, with
+    the namespace's routing unchanged since (its generation counter), passes at once."""
+    if layout.nonlocal_bind is None:
+        return [ja("allow")]  # bind() cannot be trusted here: loopback is all that is local
+    steps = _nonlocal_guard(layout.nonlocal_bind, kind)
+    generation = _generation_offset(layout, kind)
+    if cache_fd is None or generation is None:
+        return steps
+    if kind == "ipv6":
+        address = [
+            item
+            for word in range(4)
+            for item in (
+                ldx(4, R2, FP, _TUPLE + B.TUPLE6_DADDR + 4 * word),
+                stx(4, FP, _KEY + 16 + 4 * word, R2),
+            )
+        ]
+    else:
+        address = [ldx(4, R2, FP, _TUPLE + B.TUPLE4_DADDR), stx(4, FP, _KEY + 16, R2)]
+    return [
+        *steps,
+        # key {netns cookie, bound device (VRF), family, address}
+        mov64(R1, R6),
+        call(B.FUNC_get_netns_cookie),
+        stx(8, FP, _KEY, R0),
+        ldx(8, R2, R6, B.SOCK_ADDR_SK),
+        ldx(4, R2, R2, B.SOCK_BOUND_DEV_IF),
+        stx(4, FP, _KEY + 8, R2),
+        st(4, FP, _KEY + 12, 6 if kind == "ipv6" else 4),
+        *address,
+        # the namespace's routing generation now (bumped by every address and route change)
+        ldx(4, R2, R9, generation),
+        stx(4, FP, _GENERATION, R2),
+        ld_map_fd(R1, cache_fd),
+        mov64(R2, FP),
+        alu64_imm(ADD, R2, _KEY),
+        call(B.FUNC_map_lookup_elem),
+        jmp_imm(JEQ, R0, 0, "uncached"),
+        ldx(4, R2, R0, 0),
+        ldx(4, R3, FP, _GENERATION),
+        jmp32(JEQ, R2, R3, "allow"),  # not local, and nothing changed since we looked
+        Label("uncached"),
+    ]
+
+
+def _bind_probe(layout: KernelLayout, kind: str, cache_fd: int | None) -> list[Item]:
+    """14. bind() to (destination, port 0) succeeds only for an address of this namespace:
+    refuse. Otherwise remember the address as not local (at this routing generation)."""
+    if kind == "ipv4":
         sockaddr = [
             *_zero(_SOCKADDR, 16),
             st(2, FP, _SOCKADDR, AF_INET),
@@ -393,6 +466,17 @@ def _bind_probe(family: int) -> list[Item]:
                 stx(4, FP, _SOCKADDR + 8 + 4 * word, R2),  # sin6_addr
             ]
         size = 28
+    remember: list[Item] = []
+    if cache_fd is not None and _generation_offset(layout, kind) is not None:
+        remember = [
+            ld_map_fd(R1, cache_fd),
+            mov64(R2, FP),
+            alu64_imm(ADD, R2, _KEY),
+            mov64(R3, FP),
+            alu64_imm(ADD, R3, _GENERATION),
+            mov64_imm(R4, 0),  # BPF_ANY
+            call(B.FUNC_map_update_elem),
+        ]
     return [
         *sockaddr,
         mov64(R1, R6),
@@ -400,14 +484,39 @@ def _bind_probe(family: int) -> list[Item]:
         alu64_imm(ADD, R2, _SOCKADDR),
         mov64_imm(R3, size),
         call(B.FUNC_bind),
-        jmp_imm(JNE, R0, 0, "allow"),  # not an address of this namespace
+        jmp_imm(JEQ, R0, 0, "refuse"),  # the namespace's own address
+        *remember,
+        ja("allow"),
+    ]
+
+
+def _destination(layout: KernelLayout, kind: str, cache_fd: int | None) -> list[Item]:
+    """Steps 7-14 for one kind of destination: "ipv4", "mapped" (::ffff:a.b.c.d) or "ipv6"."""
+    size = B.TUPLE6_SIZE if kind == "ipv6" else B.TUPLE4_SIZE
+    other: list[Item] = []
+    if layout.nonlocal_bind is not None:
+        other = _bind_probe(layout, kind, cache_fd)
+    else:
+        other = [ja("allow")]
+    return [
+        *_fill_tuple(kind),
+        # 8. loopback is always local: straight to the listener lookup
+        *_if_loopback(kind, "look", "1"),
+        *_if_multicast_allow(kind),
+        *_known_remote(layout, kind, cache_fd),
+        Label("look"),
+        *_reserved(layout),  # here, so a destination known to be remote never pays for it
+        *_lookup(size, ""),
+        # 13. nobody listens: loopback is refused; another address is asked about (14)
+        *_if_loopback(kind, "refuse", "2"),
+        *other,
     ]
 
 
 def _verdicts(counter_fd: int, mechanism: str) -> list[Item]:
     refuse: list[Item] = [
         Label("refuse"),
-        # 12. count the refusal, then fail connect() as the kernel's RST would
+        # 15. count the refusal, then fail connect() as the kernel's RST would
         ld_map_value(R1, counter_fd),
         mov64_imm(R2, 1),
         atomic_add64(R1, 0, R2),
@@ -417,19 +526,22 @@ def _verdicts(counter_fd: int, mechanism: str) -> list[Item]:
     return [*refuse, *ret(0), Label("allow"), *ret(1)]
 
 
-def connect4_program(layout: KernelLayout, counter_fd: int, mechanism: str) -> list[Item]:
+def connect4_program(
+    layout: KernelLayout, counter_fd: int, mechanism: str, cache_fd: int | None = None
+) -> list[Item]:
     """The cgroup/connect4 program: IPv4 sockets."""
     return [
         *_step_socket(4, mechanism),
         *_step_bound_address(4),
         *_step_port_and_namespace(layout),
-        *_ipv4_destination(B.SOCK_ADDR_USER_IP4),
-        *_other_local_address(layout, 4),
+        *_destination(layout, "ipv4", cache_fd),
         *_verdicts(counter_fd, mechanism),
     ]
 
 
-def connect6_program(layout: KernelLayout, counter_fd: int, mechanism: str) -> list[Item]:
+def connect6_program(
+    layout: KernelLayout, counter_fd: int, mechanism: str, cache_fd: int | None = None
+) -> list[Item]:
     """The cgroup/connect6 program: IPv6 sockets, IPv4-mapped destinations included."""
     mapped: list[Item] = [  # ::ffff:a.b.c.d: words 0 and 1 zero, word 2 0000ffff
         ldx(4, R2, R6, B.SOCK_ADDR_USER_IP6),
@@ -444,13 +556,10 @@ def connect6_program(layout: KernelLayout, counter_fd: int, mechanism: str) -> l
         *_step_bound_address(6),
         *_step_port_and_namespace(layout),
         *mapped,
-        # an IPv4-mapped destination: the IPv4 steps on word 3 (Java, dual-stack clients)
-        *_relabel(_ipv4_destination(B.SOCK_ADDR_USER_IP6 + 12), "m_"),
-        ja("nonlocal"),
+        # an IPv4-mapped destination (Java, dual-stack clients): the IPv4 steps on word 3
+        *_relabel(_destination(layout, "mapped", cache_fd), "m_"),
         Label("ipv6"),
-        *_ipv6_destination(),
-        Label("nonlocal"),
-        *_other_local_address(layout, 6),
+        *_destination(layout, "ipv6", cache_fd),
         *_verdicts(counter_fd, mechanism),
     ]
 
@@ -473,9 +582,16 @@ def _relabel(items: list[Item], prefix: str) -> list[Item]:
     return out
 
 
-def program(family: int, layout: KernelLayout, counter_fd: int, mechanism: str) -> bytes:
-    """The assembled program for one family, ready for BPF_PROG_LOAD."""
+def program(
+    family: int,
+    layout: KernelLayout,
+    counter_fd: int,
+    mechanism: str,
+    cache_fd: int | None = None,
+) -> bytes:
+    """The assembled program for one family, ready for BPF_PROG_LOAD. `cache_fd`: an LRU
+    hash map (CACHE_KEY_SIZE -> CACHE_VALUE_SIZE) remembering addresses found not local."""
     if mechanism not in MECHANISMS:
         raise ValueError(f"unknown mechanism {mechanism!r}")
     build = connect4_program if family == 4 else connect6_program
-    return B.assemble(build(layout, counter_fd, mechanism))
+    return B.assemble(build(layout, counter_fd, mechanism, cache_fd))

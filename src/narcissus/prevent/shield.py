@@ -148,12 +148,20 @@ def kernel_layout() -> tuple[S.KernelLayout, tuple[str, ...]]:
             "this kernel keeps IP_FREEBIND/IP_TRANSPARENT where narcissus cannot read them "
             "(before 6.6): only loopback destinations count as local"
         )
+    generations: list[int | None] = []
+    for path in ("ipv4.rt_genid", "ipv6.fib6_sernum"):
+        try:
+            generations.append(btf.field("net", path).offset)
+        except KeyError:
+            generations.append(None)  # no cache for that family: every such connect asks bind()
     layout = S.KernelLayout(
         sock_net=sock_net.offset,
         port_range=port_range.offset,
         port_range_packed=port_range.size == 4,
         reserved_ports=reserved.offset,
         nonlocal_bind=nonlocal_bind,
+        route_generation4=generations[0],
+        route_generation6=generations[1],
     )
     return layout, tuple(notes)
 
@@ -212,9 +220,17 @@ class _Loaded:
                 name=S.COUNTER_NAME,
             )
             self.fds.append(self.map_fd)
+            cache_fd = sysbpf.create_map(
+                B.MAP_TYPE_LRU_HASH,
+                S.CACHE_KEY_SIZE,
+                S.CACHE_VALUE_SIZE,
+                S.CACHE_ENTRIES,
+                name=S.CACHE_NAME,
+            )
+            self.fds.append(cache_fd)
             self.programs: dict[int, int] = {}
             for family, attach_type in _ATTACH.items():
-                code = S.program(family, layout, self.map_fd, mechanism)
+                code = S.program(family, layout, self.map_fd, mechanism, cache_fd)
                 fd = sysbpf.load_program(
                     B.PROG_TYPE_CGROUP_SOCK_ADDR,
                     code,
@@ -536,6 +552,12 @@ class Shield:
 
     def refused(self) -> int:
         return self._loaded.refused()
+
+    def run_time(self) -> tuple[int, int]:
+        """(nanoseconds, runs) of both programs so far; counted only while the kernel's
+        run-time statistics are on (`narcissus.system.linux.bpf.enable_stats`)."""
+        infos = [sysbpf.prog_info(fd) for fd in self._loaded.programs.values()]
+        return sum(i.run_time_ns for i in infos), sum(i.run_count for i in infos)
 
     def close(self) -> None:
         while self._links:

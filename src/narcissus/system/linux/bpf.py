@@ -148,7 +148,33 @@ class _ProgInfo(ctypes.Structure):
         ("nr_map_ids", _u32),
         ("map_ids", _u64),
         ("name", ctypes.c_char * B.OBJ_NAME_LEN),
+        ("ifindex", _u32),
+        ("gpl_compatible", _u32),
+        ("netns_dev", _u64),
+        ("netns_ino", _u64),
+        ("nr_jited_ksyms", _u32),
+        ("nr_jited_func_lens", _u32),
+        ("jited_ksyms", _u64),
+        ("jited_func_lens", _u64),
+        ("btf_id", _u32),
+        ("func_info_rec_size", _u32),
+        ("func_info", _u64),
+        ("nr_func_info", _u32),
+        ("nr_line_info", _u32),
+        ("line_info", _u64),
+        ("jited_line_info", _u64),
+        ("nr_jited_line_info", _u32),
+        ("line_info_rec_size", _u32),
+        ("jited_line_info_rec_size", _u32),
+        ("nr_prog_tags", _u32),
+        ("prog_tags", _u64),
+        ("run_time_ns", _u64),
+        ("run_cnt", _u64),
     )
+
+
+class _EnableStats(ctypes.Structure):
+    _fields_ = (("type", _u32),)
 
 
 class _MapInfo(ctypes.Structure):
@@ -325,6 +351,26 @@ def map_delete(map_fd: int, key: bytes) -> bool:
     return True
 
 
+def map_keys(map_fd: int, key_size: int, limit: int = 1 << 20) -> Iterator[bytes]:
+    """Every key of a hash map (BPF_MAP_GET_NEXT_KEY), at most `limit` of them."""
+    current: ctypes.Array[ctypes.c_char] | None = None
+    for _ in range(limit):
+        following = ctypes.create_string_buffer(key_size)
+        attr = _MapElem(
+            map_fd=map_fd,
+            key=ctypes.addressof(current) if current is not None else 0,
+            value=ctypes.addressof(following),
+        )
+        try:
+            _bpf(B.MAP_GET_NEXT_KEY, attr, "listing a BPF map's keys")
+        except BpfError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            raise
+        yield following.raw
+        current = following
+
+
 # ---------------------------------------------------------------- attaching
 
 
@@ -481,6 +527,8 @@ class ProgInfo:
     tag: str
     map_ids: tuple[int, ...]
     xlated_len: int
+    run_time_ns: int  # 0 unless run-time statistics are on (see `enable_stats`)
+    run_count: int
 
 
 @dataclass(frozen=True)
@@ -519,6 +567,8 @@ def prog_info(fd: int) -> ProgInfo:
         tag=bytes(info.tag).hex(),
         map_ids=map_ids,
         xlated_len=info.xlated_prog_len,
+        run_time_ns=info.run_time_ns,
+        run_count=info.run_cnt,
     )
 
 
@@ -546,6 +596,12 @@ def link_info(fd: int) -> LinkInfo:
         cgroup_id=info.target_u64 if cgroup else 0,
         attach_type=info.target_u32 if cgroup else 0,
     )
+
+
+def enable_stats() -> int:
+    """Turn on the kernel's per-program run time and count (BPF_STATS_RUN_TIME) while the
+    returned fd stays open; closing it turns them off again (unlike the sysctl)."""
+    return _bpf(B.ENABLE_STATS, _EnableStats(type=0), "enabling BPF run-time statistics")
 
 
 # ---------------------------------------------------------------- fds
