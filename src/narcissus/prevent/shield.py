@@ -110,8 +110,10 @@ def _kernel() -> str:
     return os.uname().release
 
 
+@functools.cache
 def kernel_layout() -> tuple[S.KernelLayout, tuple[str, ...]]:
-    """The offsets the programs need, from this kernel's BTF; notes say what is degraded."""
+    """The offsets the programs need, from this kernel's BTF (read once per process); notes
+    say what is degraded."""
     from narcissus.system.linux.btf import kernel_btf
 
     btf = kernel_btf()

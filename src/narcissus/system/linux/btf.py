@@ -49,96 +49,117 @@ class Field:
 
 
 class Btf:
-    """The types of one BTF blob (the kernel's own, normally)."""
+    """The types of one BTF blob (the kernel's own, normally).
+
+    One pass records where each type starts (records are variable-length, so ids can only be
+    found by walking them all) and which named structs, unions and enums exist, keyed by the
+    offset of their name in the string section; names are compared as offsets, never decoded
+    in bulk, which keeps the pass cheap."""
 
     def __init__(self, data: bytes) -> None:
         if len(data) < 24:
             raise ValueError("BTF data too short")
-        magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
         order = "<"
+        magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
         if magic != _MAGIC:
-            magic, _version, _flags, hdr_len = struct.unpack_from(">HBBI", data, 0)
             order = ">"
+            magic, _version, _flags, hdr_len = struct.unpack_from(">HBBI", data, 0)
             if magic != _MAGIC:
                 raise ValueError("not BTF data (bad magic)")
         type_off, type_len, str_off, str_len = struct.unpack_from(order + "4I", data, 8)
         self._order = order
-        self._strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
-        self._kinds: list[int] = [0]
-        self._sizes: list[int] = [0]  # size or referenced type, as the kind says
-        self._names: list[int] = [0]
-        self._vlens: list[int] = [0]
-        self._kflags: list[bool] = [False]
-        self._data: list[int] = [0]  # offset of the kind-specific data in `data`
-        self._by_name: dict[tuple[int, str], list[int]] = {}
         self._raw = data
-        header = struct.Struct(order + "III")
+        self._strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
+        self._header = struct.Struct(order + "III")
+        self._triple = struct.Struct(order + "III")
+        fixed = [_FIXED.get(kind, 0) for kind in range(32)]
+        per_entry = [_PER_ENTRY.get(kind, 0) for kind in range(32)]
+        named = {STRUCT, UNION, ENUM, ENUM64}
+        positions = [0]
+        by_name: dict[tuple[int, int], list[int]] = {}
+        enums: list[int] = []
+        unpack = self._header.unpack_from
         position = hdr_len + type_off
         end = position + type_len
         while position < end:
-            name_off, info, size_or_type = header.unpack_from(data, position)
+            name_off, info, _size = unpack(data, position)
             kind = (info >> 24) & 0x1F
-            vlen = info & 0xFFFF
-            self._kinds.append(kind)
-            self._names.append(name_off)
-            self._sizes.append(size_or_type)
-            self._vlens.append(vlen)
-            self._kflags.append(bool(info >> 31))
-            self._data.append(position + 12)
-            position += 12 + _FIXED.get(kind, 0) + _PER_ENTRY.get(kind, 0) * vlen
-            if kind in (STRUCT, UNION, ENUM, ENUM64) and name_off:
-                self._by_name.setdefault((kind, self._string(name_off)), []).append(
-                    len(self._kinds) - 1
-                )
+            positions.append(position)
+            if kind in named:
+                if name_off:
+                    by_name.setdefault((kind, name_off), []).append(len(positions) - 1)
+                if kind not in (STRUCT, UNION):
+                    enums.append(len(positions) - 1)
+            position += 12 + fixed[kind] + per_entry[kind] * (info & 0xFFFF)
+        self._positions = positions
+        self._by_name = by_name
+        self._enums = enums
+
+    # ------------------------------------------------------------ raw access
+
+    def _type(self, type_id: int) -> tuple[int, int, int, bool, int]:
+        """(kind, vlen, size or referenced type, kind_flag, name offset) of a type."""
+        name_off, info, size_or_type = self._header.unpack_from(self._raw, self._positions[type_id])
+        return (info >> 24) & 0x1F, info & 0xFFFF, size_or_type, bool(info >> 31), name_off
 
     def _string(self, offset: int) -> str:
         end = self._strings.index(b"\0", offset)
         return self._strings[offset:end].decode("ascii", "replace")
 
+    def _name_offset(self, name: str) -> int | None:
+        """Where `name` sits in the string section (BTF stores each string once)."""
+        encoded = name.encode("ascii")
+        if self._strings.startswith(encoded + b"\0"):
+            return 0 if encoded else None
+        at = self._strings.find(b"\0" + encoded + b"\0")
+        return None if at < 0 else at + 1
+
     def _resolve(self, type_id: int) -> int:
         """Skip typedefs and qualifiers."""
         for _ in range(64):
-            if self._kinds[type_id] not in _MODIFIERS:
+            kind, _vlen, referenced, _flag, _name = self._type(type_id)
+            if kind not in _MODIFIERS:
                 return type_id
-            type_id = self._sizes[type_id]
+            type_id = referenced
         return type_id
+
+    # ------------------------------------------------------------ queries
 
     def size_of(self, type_id: int) -> int:
         type_id = self._resolve(type_id)
-        kind = self._kinds[type_id]
+        kind, _vlen, size, _flag, _name = self._type(type_id)
         if kind == PTR:
             return 8
         if kind == ARRAY:
-            elem, _index, count = struct.unpack_from(
-                self._order + "III", self._raw, self._data[type_id]
-            )
+            elem, _index, count = self._triple.unpack_from(self._raw, self._positions[type_id] + 12)
             return int(count) * self.size_of(elem)
         if kind in (INT, STRUCT, UNION, ENUM, ENUM64, FLOAT):
-            return int(self._sizes[type_id])
+            return int(size)
         raise KeyError(f"type {type_id} (kind {kind}) has no size")
 
     def kind_of(self, type_id: int) -> int:
-        return self._kinds[self._resolve(type_id)]
+        return self._type(self._resolve(type_id))[0]
 
     def struct_id(self, name: str) -> int:
         """The id of `struct name` (the one with members, when a forward one exists too)."""
+        offset = self._name_offset(name)
         for kind in (STRUCT, UNION):
-            for type_id in self._by_name.get((kind, name), []):
-                if self._vlens[type_id] or self._sizes[type_id]:
+            for type_id in self._by_name.get((kind, offset if offset is not None else -1), []):
+                _kind, vlen, size, _flag, _name = self._type(type_id)
+                if vlen or size:
                     return type_id
         raise KeyError(f"struct {name} is not in this kernel's BTF")
 
     def members(self, type_id: int) -> list[Member]:
         type_id = self._resolve(type_id)
-        if self._kinds[type_id] not in (STRUCT, UNION):
+        kind, vlen, _size, kind_flag, _name = self._type(type_id)
+        if kind not in (STRUCT, UNION):
             raise KeyError(f"type {type_id} is not a struct or union")
         found = []
-        base = self._data[type_id]
-        for index in range(self._vlens[type_id]):
-            name_off, member_type, offset = struct.unpack_from(
-                self._order + "III", self._raw, base + 12 * index
-            )
-            if self._kflags[type_id]:
+        base = self._positions[type_id] + 12
+        for index in range(vlen):
+            name_off, member_type, offset = self._triple.unpack_from(self._raw, base + 12 * index)
+            if kind_flag:
                 bit_offset, bits = offset & 0xFFFFFF, offset >> 24
             else:
                 bit_offset, bits = offset, 0
@@ -173,28 +194,29 @@ class Btf:
 
     def enum_value(self, enum_name: str | None, value_name: str) -> int:
         """The value of enumerator `value_name` (in any enum when `enum_name` is None)."""
-        candidates: list[int]
-        if enum_name is not None:
-            candidates = self._by_name.get((ENUM, enum_name), [])
-            candidates += self._by_name.get((ENUM64, enum_name), [])
+        wanted = self._name_offset(value_name)
+        if wanted is None:
+            raise KeyError(f"enumerator {value_name} is not in this kernel's BTF")
+        if enum_name is None:
+            candidates = self._enums
         else:
-            candidates = [i for i, kind in enumerate(self._kinds) if kind in (ENUM, ENUM64)]
+            offset = self._name_offset(enum_name) or -1
+            candidates = self._by_name.get((ENUM, offset), []) + self._by_name.get(
+                (ENUM64, offset), []
+            )
         for type_id in candidates:
-            base = self._data[type_id]
-            wide = self._kinds[type_id] == ENUM64
+            kind, vlen, _size, _flag, _name = self._type(type_id)
+            wide = kind == ENUM64
             step = 12 if wide else 8
-            for index in range(self._vlens[type_id]):
-                name_off = struct.unpack_from(self._order + "I", self._raw, base + step * index)[0]
-                if self._string(name_off) != value_name:
+            base = self._positions[type_id] + 12
+            for index in range(vlen):
+                at = base + step * index
+                if struct.unpack_from(self._order + "I", self._raw, at)[0] != wanted:
                     continue
                 if wide:
-                    low, high = struct.unpack_from(
-                        self._order + "II", self._raw, base + step * index + 4
-                    )
+                    low, high = struct.unpack_from(self._order + "II", self._raw, at + 4)
                     return int(low) | (int(high) << 32)
-                return int(
-                    struct.unpack_from(self._order + "i", self._raw, base + step * index + 4)[0]
-                )
+                return int(struct.unpack_from(self._order + "i", self._raw, at + 4)[0])
         raise KeyError(f"enumerator {value_name} is not in this kernel's BTF")
 
 
