@@ -59,6 +59,23 @@ def test_python_ipv4_ipv6_and_mapped_are_refused(
     assert refused_in(shielded) == len(targets)
 
 
+FAST_OPEN = f"""
+import socket
+s = socket.socket()
+try:
+    s.sendto(b"PING", socket.MSG_FASTOPEN, ("127.0.0.1", {P}))
+    print("sent", s.getsockname() == s.getpeername())
+except OSError as exc:
+    print("error", exc.errno)
+"""
+
+
+def test_tcp_fast_open_is_refused_too(one_port: PrivateNetns, shielded: TestCgroup) -> None:
+    done = run_in([sys.executable, "-c", FAST_OPEN], shielded, one_port)
+    assert done.stdout.split() == ["error", str(errno.ECONNREFUSED)], done
+    assert refused_in(shielded) == 1
+
+
 @pytest.fixture(scope="module")
 def java_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("javac") is None or shutil.which("java") is None:

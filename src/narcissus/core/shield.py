@@ -58,10 +58,18 @@ listener that something else answers):
   - a deliberate simultaneous open of two sockets where one is unbound (both bound: allowed).
 Harmless differences: a connect to a local subnet-broadcast address, or to an IPv4-mapped
 loopback address from an IPV6_V6ONLY socket, fails with ECONNREFUSED instead of ENETUNREACH.
-Not covered: MPTCP sockets (protocol 262) and TCP Fast Open's sendto() without connect().
+Not covered: MPTCP sockets (protocol 262). TCP Fast Open's sendto() goes through the same
+hook and is covered.
 
 Fallback: without bpf_set_retval on this hook (kernels before 5.18), the same programs return
-"reject" without setting the error, and connect() fails with EPERM (mechanism "bpf-eperm").
+"reject" without setting the error, and connect() fails with EPERM (mechanism "bpf-eperm"):
+still never a self-connect, in every namespace, but the caller sees EPERM, not ECONNREFUSED.
+An iptables/ip6tables `-m bpf` REJECT --reject-with tcp-reset rule matching the self-SYN would
+give the exact error, but only in the one network namespace it is added to: containers
+started later would need a daemon to add it. It is not implemented.
+
+Size: connect4 ~140 instructions, connect6 ~300 (it carries the IPv4 steps a second time for
+IPv4-mapped destinations); each step below is commented with its number.
 
 Pure: instruction tables only; the loader in narcissus.prevent.shield supplies map fds and
 offsets.

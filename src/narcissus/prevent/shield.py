@@ -12,8 +12,9 @@ How it stays on: each cgroup/connect4 and connect6 program is attached with BPF_
 (cgroup links always sit beside other programs, as BPF_F_ALLOW_MULTI does) and the links are
 pinned in bpffs under narcissus/shield/<cgroup id>/, with a `cgroup` symlink naming the
 directory. A pinned link outlives the process that made it; unpinning it and BPF_LINK_DETACH
-remove exactly it, never another tool's programs. The refusal counter is an array map the
-programs share; status finds it through the programs (map ids), so it needs no pin.
+remove exactly it, never another tool's programs. The programs share two maps: the refusal
+counter (an array) and the cache of addresses found not local (an LRU hash); status finds the
+counter through the programs' map ids, so neither needs a pin.
 
 The program, its refusal rule and the trade-offs are in narcissus.core.shield.
 """
@@ -28,6 +29,7 @@ import itertools
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -289,10 +291,9 @@ def _detach_and_close(link_fd: int) -> None:
 
 
 def _read_counter(map_fd: int) -> int:
+    """The u64 the programs add 1 to on each refusal (host byte order)."""
     value = sysbpf.map_lookup(map_fd, bytes(S.COUNTER_KEY_SIZE), S.COUNTER_VALUE_SIZE)
-    return (
-        int.from_bytes(value, "little" if B.native_u32(b"\1\0\0\0") == 1 else "big") if value else 0
-    )
+    return int.from_bytes(value, sys.byteorder) if value else 0
 
 
 # ---------------------------------------------------------------- pins
