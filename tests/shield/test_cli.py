@@ -148,8 +148,12 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_without_root_it_says_so_and_exits_3(cgroup: TestCgroup) -> None:
-    for args in (("status",), ("on", "--cgroup", cgroup.path)):
-        done = run_unprivileged("shield", *args, "--json")
+    for args in (
+        ("shield", "status", "--json"),
+        ("shield", "on", "--cgroup", cgroup.path, "--json"),
+        ("run", "--shield", "--", "true"),
+    ):
+        done = run_unprivileged(*args)
         assert done.returncode == 3, (done.stdout, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "needs root" in lines[0] and "Traceback" not in done.stderr

@@ -412,7 +412,11 @@ def shield_on(cgroup: str | None = None, *, mechanism: str | None = None) -> Shi
         if len(existing) == len(_ATTACH) and (mechanism is None or current == chosen):
             return _status(changed=False)
         _remove_pin_dir(directory)  # partial, or another mechanism was asked for
-        loaded = _Loaded(chosen)
+        try:
+            loaded = _Loaded(chosen)
+        except BaseException:
+            _prune(base)  # leave no empty narcissus/shield behind
+            raise
         notes = loaded.notes
         links: dict[int, int] = {}
         try:
