@@ -607,27 +607,6 @@ def enable_stats() -> int:
 # ---------------------------------------------------------------- fds
 
 
-class Fd:
-    """An owned file descriptor, closed by `with` or `close()` (idempotent)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> int:
-        return self.fd
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __int__(self) -> int:
-        return self.fd
-
-
 @contextmanager
 def opened(fd: int) -> Iterator[int]:
     """`with opened(obj_get(path)) as fd:` closes the fd on every exit path."""
@@ -635,12 +614,3 @@ def opened(fd: int) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
-
-
-def available() -> bool:
-    """Whether bpf(2) exists and this process may use it for privileged program types."""
-    try:
-        _syscall_number()
-    except UnsupportedError:
-        return False
-    return os.path.exists("/sys/fs/bpf") or os.path.exists("/proc/sys/kernel/bpf_stats_enabled")
