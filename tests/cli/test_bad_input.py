@@ -125,6 +125,14 @@ CASES: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
     (("watch", "--backend", "ftrace", "--interval", "1s"), 2, ("--interval", "ftrace")),
     (("watch", "--backend", "bpf"), 2, ("--backend", "bpf")),
     (("watch", "--exec", " "), 2, ("--exec needs a command",)),
+    # shield
+    (("shield",), 2, ("the following arguments are required", "action")),
+    (("shield", "bogus"), 2, ("invalid choice", "bogus")),
+    (("shield", "on", "--cgroup", "/etc"), 2, ("/etc is not a cgroup v2 directory",)),
+    (("shield", "on", "--cgroup", ""), 2, ("--cgroup needs a cgroup v2 directory",)),
+    (("shield", "status", "--cgroup", "/nonexistent"), 2, ("/nonexistent is not a directory",)),
+    (("shield", "off", "--mechanism", "bpf-eperm"), 2, ("--mechanism goes with `shield on`",)),
+    (("shield", "on", "--mechanism", "iptables"), 2, ("--mechanism", "iptables")),
     # exporter
     (("exporter", "--listen", "abc"), 2, ("--listen",)),
     (("exporter", "--listen", "127.0.0.1:70000"), 2, ("--listen", "1 to 65535")),
@@ -199,6 +207,7 @@ def test_lint_of_a_named_file_it_cannot_read_exits_2(tmp_path: Path) -> None:
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to run as another user")
 def test_what_needs_root_says_so_with_exit_3() -> None:
     _assert_cannot(run_unprivileged("reserve", "--json", "50000"), 3, "needs root")
+    _assert_cannot(run_unprivileged("shield", "status", "--json"), 3, "needs root")
 
 
 def test_reserve_refuses_to_take_a_namespace_off_the_network() -> None:

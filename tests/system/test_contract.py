@@ -52,10 +52,15 @@ def test_what_an_os_cannot_do_it_says_so(name: str) -> None:
         module.isolate_network(PortRange(50000, 50000), user_namespace=True)
     with pytest.raises(UnsupportedError, match="only on Linux"):
         module.write_reserved_ports(PortSet([50000]))
+    for shield_call in (module.shield_on, module.shield_off, module.shield_status):
+        with pytest.raises(UnsupportedError, match="needs Linux"):
+            shield_call()
+    with pytest.raises(UnsupportedError, match="needs Linux"):
+        module.run_shielded(["true"])
 
 
 def test_the_capabilities_are_named_in_one_vocabulary() -> None:
-    known = {"netns", "kill", "trace", "reserve", "isolate"}
+    known = {"netns", "kill", "trace", "reserve", "isolate", "shield"}
     assert known >= system.CAPABILITIES
     assert {"netns", "kill", "trace", "reserve", "isolate"} <= system.CAPABILITIES  # Linux CI
 

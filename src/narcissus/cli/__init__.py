@@ -71,6 +71,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "narcissus.cli.exporter",
         "serve Prometheus metrics: self-connects, listeners at risk, port settings",
     ),
+    "shield": (
+        "narcissus.cli.shield",
+        "make the kernel refuse self-connects for every process (cgroup BPF, Linux, root)",
+    ),
 }
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -59,6 +59,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--quiet", action="store_true", help="do not report self-connects prevented"
     )
     parser.add_argument(
+        "--shield",
+        action="store_true",
+        help="also run CMD in a fresh cgroup where the kernel refuses self-connects for every "
+        "process, any language (Linux, root; see `narcissus shield --help`); narcissus then "
+        "stays as CMD's parent and removes the cgroup when CMD ends",
+    )
+    parser.add_argument(
         "argv",
         nargs=argparse.REMAINDER,
         metavar="-- CMD [ARGS...]",
@@ -85,6 +92,11 @@ def run(options: argparse.Namespace) -> int:
     executable = program if os.sep in program else shutil.which(program, path=env.get("PATH"))
     if executable is None:
         raise InputError(f"{program}: command not found on PATH; give its name or path")
+    if options.shield:
+        # The kernel refuses the self-connect before any library could see it; no preload.
+        from narcissus.cli.shield import run_command
+
+        return run_command(command, executable, env, report=report)
     # Every dynamically linked program CMD starts: narcissus's connect() library, preloaded.
     from narcissus.prevent.preload import prepare
 

@@ -14,7 +14,7 @@ read it) beside its row in `narcissus.core.oses` (what is true of it).
 
 Capabilities: "netns" (other network namespaces), "kill" (destroy a socket from outside),
 "trace" (every self-connect as it happens), "reserve" (change the reserved ports), "isolate"
-(a private namespace with its own port range).
+(a private namespace with its own port range), "shield" (refuse self-connects in the kernel).
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ CONTRACT = (
     "write_reserved_ports",
     "trace_self_connects",
     "isolate_network",
+    "shield_on",
+    "shield_off",
+    "shield_status",
+    "run_shielded",
 )
 
 BACKEND: str = _os_module.BACKEND
@@ -66,5 +70,9 @@ reserved_ports_writable = _os_module.reserved_ports_writable
 write_reserved_ports = _os_module.write_reserved_ports
 trace_self_connects = _os_module.trace_self_connects
 isolate_network = _os_module.isolate_network
+shield_on = _os_module.shield_on
+shield_off = _os_module.shield_off
+shield_status = _os_module.shield_status
+run_shielded = _os_module.run_shielded
 
 __all__ = list(CONTRACT)

@@ -19,9 +19,13 @@ from narcissus.errors import InputError, UnsupportedError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from narcissus.core.shield import ShieldedRun, ShieldStatus
     from narcissus.core.watch import EventSource
 
 BACKEND = "psutil"
+_NO_SHIELD = "the shield needs Linux (cgroup BPF); on this OS use `narcissus run` (the guards)"
 CAPABILITIES: frozenset[str] = frozenset()
 
 
@@ -196,3 +200,26 @@ def trace_self_connects() -> EventSource:
 
 def isolate_network(port_range: PortRange, *, user_namespace: bool) -> None:
     raise UnsupportedError("a private network namespace needs Linux")
+
+
+def shield_on(cgroup: str | None = None, *, mechanism: str | None = None) -> ShieldStatus:
+    raise UnsupportedError(_NO_SHIELD)
+
+
+def shield_off(cgroup: str | None = None) -> ShieldStatus:
+    raise UnsupportedError(_NO_SHIELD)
+
+
+def shield_status(cgroup: str | None = None) -> ShieldStatus:
+    raise UnsupportedError(_NO_SHIELD)
+
+
+def run_shielded(
+    argv: Sequence[str],
+    *,
+    executable: str | None = None,
+    env: Mapping[str, str] | None = None,
+    parent: str | None = None,
+    mechanism: str | None = None,
+) -> ShieldedRun:
+    raise UnsupportedError(_NO_SHIELD)

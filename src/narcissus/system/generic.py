@@ -18,7 +18,11 @@ from narcissus.system._portable import (
     os_description,
     process_start_time,
     reserved_ports_writable,
+    run_shielded,
     scan,
+    shield_off,
+    shield_on,
+    shield_status,
     trace_self_connects,
     write_reserved_ports,
 )
@@ -36,7 +40,11 @@ __all__ = [
     "os_description",
     "process_start_time",
     "reserved_ports_writable",
+    "run_shielded",
     "scan",
+    "shield_off",
+    "shield_on",
+    "shield_status",
     "trace_self_connects",
     "write_reserved_ports",
 ]

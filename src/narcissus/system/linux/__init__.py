@@ -21,13 +21,16 @@ from narcissus.system.linux.sockdiag import SockDiag
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from narcissus.core.ephemeral import EphemeralPorts
     from narcissus.core.ports import PortRange, PortSet
+    from narcissus.core.shield import ShieldedRun, ShieldStatus
     from narcissus.core.watch import EventSource
 
 BACKEND = "netlink sock_diag"
 # What this OS module can do beyond reading settings and sockets (see narcissus.system).
-CAPABILITIES = frozenset({"netns", "kill", "trace", "reserve", "isolate"})
+CAPABILITIES = frozenset({"netns", "kill", "trace", "reserve", "isolate", "shield"})
 _FAMILIES = (socket.AF_INET, socket.AF_INET6)
 # A self-connected socket is never a listener; leaving LISTEN out also skips every server socket.
 _SCAN_STATES = ALL_STATES_MASK & ~state_mask(TcpState.LISTEN)
@@ -46,7 +49,11 @@ __all__ = [
     "os_description",
     "process_start_time",
     "reserved_ports_writable",
+    "run_shielded",
     "scan",
+    "shield_off",
+    "shield_on",
+    "shield_status",
     "trace_self_connects",
     "write_reserved_ports",
 ]
@@ -180,3 +187,37 @@ def isolate_network(port_range: PortRange, *, user_namespace: bool) -> None:
             f"cannot set the namespace's port range to {port_range}: {exc.strerror} (the range "
             "must start at or above net.ipv4.ip_unprivileged_port_start, usually 1024)"
         ) from exc
+
+
+def shield_on(cgroup: str | None = None, *, mechanism: str | None = None) -> ShieldStatus:
+    """Attach the shield (cgroup BPF) to a cgroup v2 directory and pin it (root)."""
+    from narcissus.system.linux import shield
+
+    return shield.shield_on(cgroup, mechanism=mechanism)
+
+
+def shield_off(cgroup: str | None = None) -> ShieldStatus:
+    from narcissus.system.linux import shield
+
+    return shield.shield_off(cgroup)
+
+
+def shield_status(cgroup: str | None = None) -> ShieldStatus:
+    from narcissus.system.linux import shield
+
+    return shield.shield_status(cgroup)
+
+
+def run_shielded(
+    argv: Sequence[str],
+    *,
+    executable: str | None = None,
+    env: Mapping[str, str] | None = None,
+    parent: str | None = None,
+    mechanism: str | None = None,
+) -> ShieldedRun:
+    from narcissus.system.linux import shield
+
+    return shield.run_shielded(
+        argv, executable=executable, env=env, parent=parent, mechanism=mechanism
+    )
