@@ -111,7 +111,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interval",
         type=_duration_arg,
-        default=0.2,
+        default="200ms",  # parsed by _duration_arg, as if typed
         metavar="DURATION",
         help="time between one client's attempts (default: 200ms)",
     )
@@ -133,7 +133,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--horizon",
         type=_duration_arg,
-        default=86400.0,
+        default="1d",
         metavar="DURATION",
         help="the time asked about (default: 1d)",
     )

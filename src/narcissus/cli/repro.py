@@ -59,10 +59,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("port", type=port_arg, metavar="PORT", help="the port to self-connect to")
     parser.add_argument("--host", default="127.0.0.1", help="a local address (default 127.0.0.1)")
     parser.add_argument(
-        "--mode", choices=[m.value for m in Mode], default=Mode.NATURAL.value, help="see below"
+        "--mode",
+        choices=[m.value for m in Mode],
+        default=Mode.NATURAL.value,
+        help="how to make it happen (see modes above; default natural)",
     )
     parser.add_argument(
-        "--max-attempts", type=_count, default=100_000, metavar="N", help="default 100000"
+        "--max-attempts",
+        type=_count,
+        default=100_000,
+        metavar="N",
+        help="give up after N connect attempts (default 100000)",
     )
     parser.add_argument(
         "--timeout", type=_seconds, default=60.0, metavar="S", help="give up after S seconds (60)"
