@@ -1,0 +1,113 @@
+"""The documentation site says what the code does: every command has a page with every option
+of its parser, and the site builds with no warning.
+
+The command pages are rendered by docs/hooks.py from `narcissus.cli.COMMANDS` and each command's
+parser; these tests render them through the same functions, then build the site as CI does
+(`mkdocs build --strict`) and read the built pages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from narcissus.cli import COMMANDS, command_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _hooks() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("narcissus_docs_hooks", ROOT / "docs/hooks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _arguments(name: str) -> list[argparse.Action]:
+    return [a for a in command_parser(name)._actions if a.help != argparse.SUPPRESS]
+
+
+def _written(action: argparse.Action) -> list[str]:
+    """What must be on the page for this argument: its option strings, or a positional's
+    metavar, and its choices."""
+    shown = list(action.option_strings) or [str(action.metavar or action.dest)]
+    return shown + [str(choice) for choice in action.choices or ()]
+
+
+@pytest.fixture(scope="module")
+def hooks() -> ModuleType:
+    pytest.importorskip("mkdocs", reason="the docs extra: pip install -e '.[docs]'")
+    return _hooks()
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_option_of_a_command_is_on_its_page(hooks: ModuleType, name: str) -> None:
+    page = hooks.command_page(name)
+    plain = " ".join(html.unescape(re.sub(r"\\(.)", r"\1", page)).split())  # as it reads
+    assert page.startswith(f"# narcissus {name}\n")
+    assert COMMANDS[name][1] in plain
+    for action in _arguments(name):
+        for text in _written(action):
+            # starting a code span (`--port PORT`, `--mode {a,b}`, `natural`, `[PATH ...]`)
+            assert re.search(rf"`\[?{re.escape(text)}[` \]]", page), f"{name}: {text} missing"
+        if action.help:
+            first_words = " ".join(action.help.split()[:4]).split("%")[0]
+            assert first_words in plain, f"{name}: the help of {action.dest} is not on its page"
+
+
+def test_the_description_is_on_the_page_word_for_word(hooks: ModuleType) -> None:
+    """Reflowed and escaped for Markdown, but every word of DESCRIPTION is there, in order."""
+    for name in COMMANDS:
+        description = command_parser(name).description or ""
+        page = iter(re.findall(r"[A-Za-z0-9]+", hooks.command_page(name)))
+        for word in re.findall(r"[A-Za-z0-9]+", description):
+            assert word in page, f"{name}: the page lost {word!r} of its DESCRIPTION"
+
+
+def test_a_command_added_to_commands_gets_a_page_and_a_nav_line(hooks: ModuleType) -> None:
+    nav = hooks._expand_nav([{"Home": "index.md"}, {"Commands": "commands/index.md"}])
+    assert nav[0] == {"Home": "index.md"}
+    section = nav[1]["Commands"]
+    assert section[0] == "commands/index.md"
+    assert [next(iter(entry)) for entry in section[1:]] == list(COMMANDS)
+    index = hooks.commands_index()
+    for name in COMMANDS:
+        assert f"]({name}.md)" in index
+
+
+def test_the_site_builds_strictly_with_every_option_on_it(tmp_path: Path) -> None:
+    pytest.importorskip("mkdocs", reason="the docs extra: pip install -e '.[docs]'")
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "WARNING" not in result.stderr, result.stderr[-3000:]
+    for name in COMMANDS:
+        built = html.unescape((site / "commands" / name / "index.html").read_text())
+        for action in _arguments(name):
+            for text in _written(action):
+                found = re.search(rf"<code>\[?{re.escape(text)}[< \]]", built)
+                assert found, f"{name}: {text} not on the built page"
+    api = (site / "api" / "index.html").read_text()
+    import narcissus
+
+    for public in narcissus.__all__:
+        if not public.startswith("_"):
+            assert f'id="{public}"' in api, f"narcissus.{public} is not in the API reference"
