@@ -1,5 +1,5 @@
 """The documentation site says what the code does: every command has a page with every option
-of its parser, and the site builds with no warning.
+of its parser, the site builds with no warning, and the README's links lead somewhere.
 
 The command pages are rendered by docs/hooks.py from `narcissus.cli.COMMANDS` and each command's
 parser; these tests render them through the same functions, then build the site as CI does
@@ -111,3 +111,14 @@ def test_the_site_builds_strictly_with_every_option_on_it(tmp_path: Path) -> Non
     for public in narcissus.__all__:
         if not public.startswith("_"):
             assert f'id="{public}"' in api, f"narcissus.{public} is not in the API reference"
+
+
+def test_the_readme_is_an_entry_point_whose_links_lead_somewhere() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 250
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme):
+        if "://" not in target:
+            assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
+    # the Quickstart's two commands
+    assert "pip install . && narcissus doctor" in readme
+    assert "./scripts/test" in readme
