@@ -284,8 +284,9 @@ def api_page() -> str:
             continue
         parts.append(f"## {title}")
         for name, path in entries:
-            parts.append(f"### {_code(prefix + name)} {{ #{name} }}")
-            parts.append(f"::: {path}")
+            # the heading says the name users write; the anchor is that name too
+            options = f'    options:\n      heading: "{prefix}{name}"'
+            parts.append(f"[](){{ #{name} }}\n::: {path}\n{options}")
     return "\n\n".join(parts) + "\n"
 
 
