@@ -78,8 +78,7 @@ def _inline(text: str) -> str:
 
 def _code(text: str) -> str:
     """A code span that holds any text (backticks included)."""
-    fence = "``" if "`" in text else "`"
-    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 
 def _cell(text: str) -> str:
@@ -87,21 +86,22 @@ def _cell(text: str) -> str:
 
 
 def text_to_markdown(text: str) -> str:
-    """A RawDescription help text as Markdown: prose paragraphs become paragraphs, indented
-    blocks (examples, lists of modes or metrics) stay as they are, in a text block."""
+    """A RawDescription help text (or a docstring) as Markdown: prose paragraphs become
+    paragraphs; a block with indented lines (examples, a list of modes or metrics) is kept as it
+    is, in a text block, after its label line ("examples:") if it has one."""
     blocks: list[str] = []
     for block in re.split(r"\n\s*\n", text.strip("\n")):
         lines = block.rstrip().splitlines()
-        lead: list[str] = []
-        while lines and not lines[0].startswith(" "):
-            lead.append(lines.pop(0))
-        if lead:
-            paragraph = _inline(" ".join(line.strip() for line in lead))
-            # "exit status: ...", "examples:": argparse's section labels, shown as such
+        if not any(line.startswith(" ") for line in lines):
+            paragraph = _inline(" ".join(line.strip() for line in lines))
+            # "exit status: ...": argparse-style section labels, shown as such
             blocks.append(re.sub(r"^([a-z][a-z ]{0,30}):(?= |$)", r"**\1:**", paragraph))
-        if lines:
-            body = textwrap.dedent("\n".join(lines))
-            blocks.append(f"```text\n{body}\n```")
+            continue
+        if not lines[0].startswith(" ") and lines[0].endswith(":"):
+            label = _inline(lines.pop(0).strip())
+            blocks.append(re.sub(r"^([a-z][a-z ]{0,30}):$", r"**\1:**", label))
+        body = textwrap.dedent("\n".join(lines))
+        blocks.append(f"```text\n{body}\n```")
     return "\n\n".join(blocks)
 
 
