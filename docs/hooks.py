@@ -94,8 +94,9 @@ def text_to_markdown(text: str) -> str:
         lines = block.rstrip().splitlines()
         if not any(line.startswith(" ") for line in lines):
             paragraph = _inline(" ".join(line.strip() for line in lines))
-            # "exit status: ...": argparse-style section labels, shown as such
-            blocks.append(re.sub(r"^([a-z][a-z ]{0,30}):(?= |$)", r"**\1:**", paragraph))
+            if blocks:  # "exit status: ...": a section label, shown as such (not in the lead)
+                paragraph = re.sub(r"^([a-z][a-z ]{0,30}):(?= |$)", r"**\1:**", paragraph)
+            blocks.append(paragraph)
             continue
         if not lines[0].startswith(" ") and lines[0].endswith(":"):
             label = _inline(lines.pop(0).strip())
