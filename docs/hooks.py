@@ -188,6 +188,37 @@ def _title(source: str, fallback: str) -> str:
     return match.group(1).strip() if match else fallback
 
 
+def _sections(parser: argparse.ArgumentParser, level: int) -> list[str]:
+    """Usage, arguments and options of one parser; then, for a command with subcommands of its
+    own, the same for each of them, one heading level down."""
+    heading = "#" * level
+    positionals = [a for a in parser._actions if not a.option_strings]
+    options = [a for a in parser._actions if a.option_strings]
+    parts = [f"{heading} Usage", f"```text\n{usage(parser)}\n```"]
+    if positionals:
+        parts += [f"{heading} Arguments", _table(parser, positionals, "Argument")]
+    parts += [f"{heading} Options", _table(parser, options, "Option")]
+    for group in parser._mutually_exclusive_groups:
+        written = " and ".join(_code(action.option_strings[0]) for action in group._group_actions)
+        parts.append(f"{written} exclude each other.")
+    for action in positionals:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                parts += [f"{heading} {sub.prog}", text_to_markdown(sub.description or "")]
+                parts += _sections(sub, level + 1)
+    return parts
+
+
+def subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parser and, depth first, every parser of its subcommands (what a page shows)."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += subparsers(sub)
+    return found
+
+
 def command_page(name: str, guides: dict[str, str] | None = None) -> str:
     """The Markdown page of `narcissus NAME`, from COMMANDS and the command's parser; `guides`
     (src_uri -> Markdown source of the hand-written pages) gives its "more in" links."""
@@ -195,21 +226,12 @@ def command_page(name: str, guides: dict[str, str] | None = None) -> str:
 
     module_name, summary = COMMANDS[name]
     parser = _parser(name)
-    positionals = [a for a in parser._actions if not a.option_strings]
-    options = [a for a in parser._actions if a.option_strings]
     parts = [
         f"# narcissus {name}",
         f"**{_inline(summary)}**",
         text_to_markdown(parser.description or ""),
-        "## Usage",
-        f"```text\n{usage(parser)}\n```",
+        *_sections(parser, 2),
     ]
-    if positionals:
-        parts += ["## Arguments", _table(parser, positionals, "Argument")]
-    parts += ["## Options", _table(parser, options, "Option")]
-    for group in parser._mutually_exclusive_groups:
-        written = " and ".join(_code(action.option_strings[0]) for action in group._group_actions)
-        parts.append(f"{written} exclude each other.")
     see_also = _guides(name, guides or {})
     source = module_name.replace(".", "/")
     footer = (
@@ -219,7 +241,7 @@ def command_page(name: str, guides: dict[str, str] | None = None) -> str:
     if see_also:
         footer = "More in: " + ", ".join(see_also) + ".\n\n" + footer
     parts.append(footer)
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(part for part in parts if part) + "\n"
 
 
 def commands_index() -> str:

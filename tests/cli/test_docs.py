@@ -33,8 +33,14 @@ def _hooks() -> ModuleType:
     return module
 
 
-def _arguments(name: str) -> list[argparse.Action]:
-    return [a for a in command_parser(name)._actions if a.help != argparse.SUPPRESS]
+def _arguments(hooks: ModuleType, name: str) -> list[argparse.Action]:
+    """Every argument of the command and of its subcommands, if it has any."""
+    return [
+        action
+        for parser in hooks.subparsers(command_parser(name))
+        for action in parser._actions
+        if action.help != argparse.SUPPRESS and not isinstance(action, argparse._SubParsersAction)
+    ]
 
 
 def _written(action: argparse.Action) -> list[str]:
@@ -56,7 +62,7 @@ def test_every_option_of_a_command_is_on_its_page(hooks: ModuleType, name: str) 
     plain = " ".join(html.unescape(re.sub(r"\\(.)", r"\1", page)).split())  # as it reads
     assert page.startswith(f"# narcissus {name}\n")
     assert COMMANDS[name][1] in plain
-    for action in _arguments(name):
+    for action in _arguments(hooks, name):
         for text in _written(action):
             # starting a code span (`--port PORT`, `--mode {a,b}`, `natural`, `[PATH ...]`)
             assert re.search(rf"`\[?{re.escape(text)}[` \]]", page), f"{name}: {text} missing"
@@ -85,8 +91,41 @@ def test_a_command_added_to_commands_gets_a_page_and_a_nav_line(hooks: ModuleTyp
         assert f"]({name}.md)" in index
 
 
-def test_the_site_builds_strictly_with_every_option_on_it(tmp_path: Path) -> None:
-    pytest.importorskip("mkdocs", reason="the docs extra: pip install -e '.[docs]'")
+def test_a_command_with_subcommands_shows_each_with_its_options(
+    hooks: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command may grow subcommands (`narcissus NAME SUB --opt`): their options are on its
+    page too, under their own heading."""
+    module = ModuleType("narcissus_docs_test_nested")
+    module.DESCRIPTION = "A command with subcommands, for this test.\n\nexit status: 0 done."
+
+    def configure(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--top", help="an option of the command itself")
+        subs = parser.add_subparsers(dest="sub", metavar="SUB")
+        first = subs.add_parser("first", help="the first", description="The first subcommand.")
+        first.add_argument("--alpha", choices=["a", "b"], default="a", help="alpha's help")
+        second = subs.add_parser("second", help="the second")
+        second.add_argument("target", metavar="TARGET", help="what second acts on")
+
+    module.configure = configure
+    module.run = lambda options: 0
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(COMMANDS, "nested", (module.__name__, "a test command"))
+    page = hooks.command_page("nested")
+    for heading in ("## narcissus nested first", "## narcissus nested second", "### Options"):
+        assert f"\n{heading}\n" in page
+    for text in ("`--top TOP`", "`--alpha {a,b}`", "alpha's help", "`TARGET`", "`b`"):
+        assert text in page
+    assert "The first subcommand." in page
+    actions = _arguments(hooks, "nested")
+    assert {"--top", "--alpha", "target"} <= {
+        a.option_strings[0] if a.option_strings else a.dest for a in actions
+    }
+
+
+def test_the_site_builds_strictly_with_every_option_on_it(
+    hooks: ModuleType, tmp_path: Path
+) -> None:
     site = tmp_path / "site"
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
@@ -101,7 +140,7 @@ def test_the_site_builds_strictly_with_every_option_on_it(tmp_path: Path) -> Non
     assert "WARNING" not in result.stderr, result.stderr[-3000:]
     for name in COMMANDS:
         built = html.unescape((site / "commands" / name / "index.html").read_text())
-        for action in _arguments(name):
+        for action in _arguments(hooks, name):
             for text in _written(action):
                 found = re.search(rf"<code>\[?{re.escape(text)}[< \]]", built)
                 assert found, f"{name}: {text} not on the built page"
