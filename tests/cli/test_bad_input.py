@@ -126,7 +126,7 @@ CASES: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
     (("watch", "--backend", "bpf"), 2, ("--backend", "bpf")),
     (("watch", "--exec", " "), 2, ("--exec needs a command",)),
     # shield
-    (("shield",), 2, ("the following arguments are required", "action")),
+    (("shield",), 2, ("the following arguments are required", "ACTION")),
     (("shield", "bogus"), 2, ("invalid choice", "bogus")),
     (("shield", "on", "--cgroup", "/etc"), 2, ("/etc is not a cgroup v2 directory",)),
     (("shield", "on", "--cgroup", ""), 2, ("--cgroup needs a cgroup v2 directory",)),

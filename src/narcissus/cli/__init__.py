@@ -135,6 +135,16 @@ def build_parser(args: list[str]) -> ArgumentParser:
     return parser
 
 
+def command_parser(name: str) -> ArgumentParser:
+    """The parser of one command, exactly as `narcissus NAME --help` prints it: the
+    documentation site renders each command's page from it (docs/hooks.py)."""
+    for action in build_parser([name])._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            parser: ArgumentParser = action.choices[name]
+            return parser
+    raise KeyError(f"narcissus has no command {name!r}")
+
+
 def _fail(prefix: str, message: str, status: int) -> int:
     sys.stderr.write(f"{prefix}: error: {message}\n")
     return status

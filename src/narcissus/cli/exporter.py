@@ -57,7 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
         type=listen_arg,
-        default=("127.0.0.1", 9469),
+        default="127.0.0.1:9469",  # parsed by listen_arg, as if typed
         metavar="HOST:PORT",
         help="where to serve /metrics (default: 127.0.0.1:9469; [::1]:9469 for IPv6, "
         "0.0.0.0:9469 for every interface, port 0 for a free port outside the ephemeral range)",

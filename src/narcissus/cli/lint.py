@@ -58,10 +58,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--os",
         dest="os_names",
         type=argument_type(_os_list),
-        default=DEFAULT_TARGETS,
+        # a string, which argparse parses as if typed: --help and the docs show it as typed
+        default=",".join(os_facts(key).names[0] for key in DEFAULT_TARGETS),
         metavar="LIST",
         help=f"the OSes whose default ranges count, comma-separated: {_OS_CHOICES} "
-        "(default linux,windows,macos)",
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--format",

@@ -117,7 +117,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interval",
         type=duration_arg("--interval", minimum=1e-6, maximum=86400.0),
-        default=0.2,
+        default="200ms",  # a string default goes through `type`, as if typed
         metavar="DURATION",
         help="time between one client's attempts (default: 200ms)",
     )
@@ -139,7 +139,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--horizon",
         type=duration_arg("--horizon", maximum=MAX_HORIZON),
-        default=86400.0,
+        default="1d",
         metavar="DURATION",
         help="the time asked about (default: 1d)",
     )

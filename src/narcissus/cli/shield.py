@@ -75,7 +75,9 @@ _CORE_DUMPING = {
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=ACTIONS, help="on, off or status")
+    parser.add_argument(
+        "action", choices=ACTIONS, metavar="ACTION", help="on, off or status (see above)"
+    )
     parser.add_argument(
         "--cgroup",
         metavar="PATH",

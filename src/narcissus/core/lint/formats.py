@@ -17,7 +17,7 @@ from narcissus.core.lint.model import Finding
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 SARIF_VERSION = "2.1.0"
 RULE_ID = "ephemeral-port"
-INFORMATION_URI = "https://github.com/narcissus-dev/narcissus#readme"
+INFORMATION_URI = "https://narcissus-dev.github.io/narcissus/lint/"
 SRCROOT = "%SRCROOT%"
 
 _RULE: dict[str, Any] = {

@@ -160,9 +160,11 @@ def all_namespaces() -> list[Netns]:
     for name in names:
         path = f"{NAMED_NETNS_DIR}/{name}"
         try:
-            seen.setdefault(_inode(path), Netns(name, path, _inode(path)))
-        except OSError:
-            continue
+            info = os.stat(path)
+            _check_network_namespace(name, path, info)
+        except (OSError, InputError, UnsupportedError):
+            continue  # not (or no longer) a namespace: a leftover file, or deleted meanwhile
+        seen.setdefault(info.st_ino, Netns(name, path, info.st_ino))
     with os.scandir("/proc") as entries:
         pids = sorted(int(entry.name) for entry in entries if entry.name.isdigit())
     for pid in pids:
