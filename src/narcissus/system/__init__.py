@@ -41,6 +41,7 @@ CONTRACT = (
     "ephemeral_ports",
     "namespaces",
     "scan",
+    "sockets_on_ports",
     "listening_sockets",
     "local_ports_in_use",
     "destroy",
@@ -49,6 +50,7 @@ CONTRACT = (
     "write_reserved_ports",
     "trace_self_connects",
     "isolate_network",
+    "services_database",
 )
 
 BACKEND: str = _os_module.BACKEND
@@ -58,6 +60,7 @@ os_description = _os_module.os_description
 ephemeral_ports = _os_module.ephemeral_ports
 namespaces = _os_module.namespaces
 scan = _os_module.scan
+sockets_on_ports = _os_module.sockets_on_ports
 listening_sockets = _os_module.listening_sockets
 local_ports_in_use = _os_module.local_ports_in_use
 destroy = _os_module.destroy
@@ -66,5 +69,6 @@ reserved_ports_writable = _os_module.reserved_ports_writable
 write_reserved_ports = _os_module.write_reserved_ports
 trace_self_connects = _os_module.trace_self_connects
 isolate_network = _os_module.isolate_network
+services_database = _os_module.services_database
 
 __all__ = list(CONTRACT)

@@ -19,7 +19,9 @@ from narcissus.system._portable import (
     reserved_ports_writable,
     run_text,
     scan,
+    services_database,
     settings_or_default,
+    sockets_on_ports,
     trace_self_connects,
     write_reserved_ports,
 )
@@ -38,6 +40,8 @@ __all__ = [
     "process_start_time",
     "reserved_ports_writable",
     "scan",
+    "services_database",
+    "sockets_on_ports",
     "trace_self_connects",
     "write_reserved_ports",
 ]

@@ -19,6 +19,8 @@ from narcissus.system._portable import (
     process_start_time,
     reserved_ports_writable,
     scan,
+    services_database,
+    sockets_on_ports,
     trace_self_connects,
     write_reserved_ports,
 )
@@ -37,6 +39,8 @@ __all__ = [
     "process_start_time",
     "reserved_ports_writable",
     "scan",
+    "services_database",
+    "sockets_on_ports",
     "trace_self_connects",
     "write_reserved_ports",
 ]
