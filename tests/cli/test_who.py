@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from tests.support import PrivateNetns, assert_one_line_error, plant, run_cli, run_unprivileged
 
 P = 7200
+REDIS_ARGS = ("--port", "50000", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 HOLDER_KEYS = {
     "kind",
     "state",
@@ -73,6 +76,28 @@ def test_json_one_object_per_port_with_the_documented_fields(netns: PrivateNetns
     assert wait and abs(int(wait.group(1)) - left["seconds_left"]) <= 1
 
 
+def test_the_first_reports_scene(netns: PrivateNetns) -> None:
+    """A client connected to itself holds 50000; a real redis-server cannot start there; `who`
+    names the client's pid and says how to free the port."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server")
+    netns.set_port_range(50000, 50000)  # the first unbound connect to 50000 self-connects
+    with plant("natural4:50000", netns=netns) as planted:
+        server = subprocess.run(
+            netns.wrap(["redis-server", *REDIS_ARGS]),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        status, [report] = who_json("50000", "--netns", netns.name)
+    assert server.returncode != 0 and "Address already in use" in server.stdout + server.stderr
+    assert status == 1
+    [holder] = report["holders"]
+    assert (holder["kind"], holder["pids"]) == ("self-connect", [planted.pid])
+    assert report["advice"][0].startswith(f"kill the self-connected socket of pid {planted.pid}")
+
+
 def test_text_names_kind_owner_command_and_advice(netns: PrivateNetns) -> None:
     with plant(f"client6:{P}", netns=netns) as planted:
         done = run_cli("who", str(P), netns=netns)
@@ -129,3 +154,35 @@ def test_bad_input_gets_one_line_and_exit_2(
     args: tuple[str, ...], fragments: tuple[str, ...]
 ) -> None:
     assert_one_line_error(run_cli("who", *args), *fragments)
+
+
+def test_text_shows_at_most_forty_holders_per_port(capsys: pytest.CaptureFixture[str]) -> None:
+    """A busy server has thousands of connections on its port: the text says how many more."""
+    from narcissus.cli.who import _render
+    from narcissus.core.sockets import Owner, TcpState
+    from narcissus.core.who import PortSocket, PortSockets, advise, classify
+    from narcissus.diagnose.who import report_for
+
+    server = Owner(99, "server")
+    sockets = [
+        PortSocket("tcp", "ipv4", "0.0.0.0", P, "0.0.0.0", 0, TcpState.LISTEN, owners=(server,))
+    ]
+    sockets += [
+        PortSocket(
+            "tcp",
+            "ipv4",
+            "127.0.0.1",
+            P,
+            "127.0.0.1",
+            40000 + n,
+            TcpState.ESTABLISHED,
+            owners=(server,),
+        )
+        for n in range(100)
+    ]
+    report = report_for(P, [PortSockets("host", tuple(sockets), True, "test")])
+    assert len(report.holders) == 101 and len(report.advice) == len(advise(P, classify(sockets)))
+    _render([report])
+    out = capsys.readouterr().out
+    assert "... and 61 more (--json lists every one)" in out
+    assert out.count("accepted by the listener") == 39

@@ -178,3 +178,11 @@ def test_commands_run_inside_the_holder_namespace() -> None:
     assert in_namespace("pod-1", "x") == "ip netns exec pod-1 x"
     assert in_namespace("pid:42", "x") == "nsenter -t 42 -n x"
     assert in_namespace("/run/docker/netns/ab c", "x") == "nsenter --net='/run/docker/netns/ab c' x"
+
+
+def test_owners_are_named_up_to_five() -> None:
+    from narcissus.core.who import owners_text
+
+    many = classify([sock(remote=("10.0.0.9", port), pids=(port,)) for port in range(1, 9)])
+    assert owners_text(many) == "pids 1, 2, 3, 4, 5 and 3 more (proc1, proc2, proc3, proc4, proc5)"
+    assert owners_text(classify([SELF])) == "pid 12 (proc12)"

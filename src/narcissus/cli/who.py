@@ -38,6 +38,9 @@ exit status: 0 every port is free, 1 some port is held, 2 bad input, 3 not permi
 """
 
 
+MAX_LINES = 40  # holders shown per port in text; a busy server has thousands of connections
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "ports",
@@ -106,8 +109,11 @@ def _render(reports: list[PortReport]) -> None:
             f"[bold red]Port {report.port} is held[/] by {count} socket{'s' if count > 1 else ''} "
             f"({where}; {report.backend}):"
         )
-        for line in _holder_lines(report):
+        lines = _holder_lines(report)
+        for line in lines[:MAX_LINES]:
             out.print(f"  {escape(line)}")
+        if len(lines) > MAX_LINES:
+            out.print(f"  ... and {len(lines) - MAX_LINES:,} more (--json lists every one)")
         commands = {
             owner.pid: owner.command
             for holder in report.holders

@@ -46,6 +46,7 @@ LISTENER, CLIENT, SELF_CONNECT, TIME_WAIT, OTHER = (
 KINDS = (SELF_CONNECT, TIME_WAIT, CLIENT, LISTENER, OTHER)
 _WILDCARDS = {"ipv4": "0.0.0.0", "ipv6": "::"}
 _ACCEPTING = (TcpState.SYN_RECV, TcpState.NEW_SYN_RECV)
+_MAX_NAMED = 5  # pids and names an advice line names; JSON has them all
 
 
 class PortSocket(Value):
@@ -297,9 +298,11 @@ def owners_text(holders: Iterable[Holder], *, visible: bool = True) -> str:
         return "no process (a socket without a descriptor)"
     ordered = sorted(owners.values(), key=lambda owner: owner.pid)
     names = list(dict.fromkeys(owner.process for owner in ordered))
-    pids = ", ".join(str(owner.pid) for owner in ordered)
+    pids = ", ".join(str(owner.pid) for owner in ordered[:_MAX_NAMED])
+    if len(ordered) > _MAX_NAMED:
+        pids += f" and {len(ordered) - _MAX_NAMED} more"
     label = "pid" if len(ordered) == 1 else "pids"
-    return f"{label} {pids} ({', '.join(names)})"
+    return f"{label} {pids} ({', '.join(names[:_MAX_NAMED])})"
 
 
 def advise(
