@@ -4,14 +4,16 @@ the backend other OSes use, through psutil."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 
 import pytest
 
 import narcissus
 from narcissus.core.who import PortReport
 from narcissus.diagnose.who import holders
-from tests.support import PrivateNetns, plant
+from tests.support import PrivateNetns, needs_root, plant
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux backend")
 
@@ -193,3 +195,33 @@ def test_the_bytecode_filter_keeps_exactly_the_ports_asked(netns: PrivateNetns) 
         one = system.sockets_on_ports([P + 5], namespace)
     assert sorted(s.local_port for s in found.sockets) == [P + 3, P + 17, P + 39]
     assert [s.local_port for s in one.sockets] == [P + 5]
+
+
+@needs_root
+def test_a_namespace_that_went_away_is_skipped_only_when_looking_everywhere() -> None:
+    """--all-netns lists namespaces, then enters each: one whose last process exits between
+    the two is passed over (a busy host starts and ends containers all the time)."""
+    from narcissus import system
+    from narcissus.core.namespaces import Netns
+    from narcissus.diagnose.who import look
+    from narcissus.errors import NamespaceGoneError
+
+    sleeper = subprocess.Popen(["unshare", "-n", "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 10
+        [gone] = system.namespaces(str(sleeper.pid))
+        while gone.inode == system.namespaces()[0].inode and time.monotonic() < deadline:
+            time.sleep(0.01)  # unshare has not switched yet
+            [gone] = system.namespaces(str(sleeper.pid))
+        assert gone.inode != system.namespaces()[0].inode
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with pytest.raises(NamespaceGoneError, match="no longer exists"):
+        look([P], [gone])
+    here = system.namespaces()[0]
+    assert [found.netns for found in look([P], [gone, here], skip_gone=True)] == [here.label]
+    # A pid reused by a process in another namespace is not entered as if it were the old one.
+    stale = Netns("pid:1", "/proc/self/ns/net", here.inode + 1)
+    with pytest.raises(NamespaceGoneError):
+        look([P], [stale])

@@ -8,13 +8,14 @@ the advice are `narcissus.core.who`.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from collections.abc import Iterable, Sequence
 
 from narcissus import system
 from narcissus.core.ports import parse_port
 from narcissus.core.who import CLIENT, PortReport, PortSockets, advise, classify
-from narcissus.errors import InputError
+from narcissus.errors import InputError, NamespaceGoneError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def who(
     """
     wanted = _ports([ports] if isinstance(ports, int) else ports)
     namespaces = system.namespaces(netns, every=every)
-    found = [system.sockets_on_ports(wanted, namespace) for namespace in namespaces]
+    found = look(wanted, namespaces, skip_gone=every)
     flags = _namespace_flags(netns, every)
     settings = _settings_for_clients(found, namespaces)
     return [report_for(port, found, namespace_flags=flags, settings=settings) for port in wanted]
@@ -47,6 +48,21 @@ def holders(port: int, namespace: Netns | None = None) -> PortReport:
     namespaces = [namespace] if namespace is not None else system.namespaces()
     settings = _settings_for_clients(found, namespaces)
     return report_for(port, found, settings=settings)
+
+
+def look(
+    ports: Sequence[int], namespaces: Sequence[Netns], *, skip_gone: bool = False
+) -> list[PortSockets]:
+    """The sockets on `ports` in each namespace; with `skip_gone`, a namespace that went away
+    since it was listed (its last process exited) is passed over instead of failing the look."""
+    found: list[PortSockets] = []
+    for namespace in namespaces:
+        try:
+            found.append(system.sockets_on_ports(ports, namespace))
+        except NamespaceGoneError:
+            if not skip_gone:
+                raise
+    return found
 
 
 def report_for(
@@ -105,4 +121,9 @@ def _settings_for_clients(
         for holder in classify(look.sockets)
         if holder.kind == CLIENT
     }
-    return {ns.label: system.ephemeral_ports(ns) for ns in namespaces if ns.label in labels}
+    settings: dict[str, EphemeralPorts] = {}
+    for namespace in namespaces:
+        if namespace.label in labels:
+            with contextlib.suppress(NamespaceGoneError):  # the advice does without
+                settings[namespace.label] = system.ephemeral_ports(namespace)
+    return settings
