@@ -149,11 +149,13 @@ def test_the_watcher_hook_takes_a_namespace_value(netns: PrivateNetns) -> None:
     """What `watch --binds` will call when bind(P) fails in the process with this pid."""
     from narcissus import system
 
-    with plant(f"listen4:{P}", netns=netns) as planted:
+    with plant(f"self4:{P}", netns=netns) as planted:
         [namespace] = system.namespaces(str(planted.pid))
         report = holders(P, namespace)
-    assert [h.kind for h in report.holders] == ["listener"]
+    assert [h.kind for h in report.holders] == ["self-connect"]
     assert report.namespaces == (f"pid:{planted.pid}",)
+    assert f"narcissus scan --kill --netns {planted.pid};" in report.advice[0]
+    assert report.advice[0].endswith(f"nsenter -t {planted.pid} -n narcissus reserve {P}")
 
 
 def test_ports_are_checked() -> None:

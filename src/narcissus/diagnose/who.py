@@ -47,7 +47,8 @@ def holders(port: int, namespace: Netns | None = None) -> PortReport:
     found = [system.sockets_on_ports([port], namespace)]
     namespaces = [namespace] if namespace is not None else system.namespaces()
     settings = _settings_for_clients(found, namespaces)
-    return report_for(port, found, settings=settings)
+    flags = _flags_for(namespaces[0].label)
+    return report_for(port, found, namespace_flags=flags, settings=settings)
 
 
 def look(
@@ -108,6 +109,13 @@ def _namespace_flags(netns: str | None, every: bool) -> str:
     if netns is not None:
         return f" --netns {shlex.quote(netns)}"
     return ""
+
+
+def _flags_for(label: str) -> str:
+    """The --netns option naming the namespace labelled `label` ("" for this one)."""
+    if label in ("host", "current") or label.startswith("net:["):
+        return ""
+    return f" --netns {shlex.quote(label.removeprefix('pid:'))}"
 
 
 def _settings_for_clients(
