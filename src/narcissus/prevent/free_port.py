@@ -77,7 +77,8 @@ def free_port(
     host: str = "127.0.0.1",
     lease: float | None = None,
 ) -> int | tuple[int, socket.socket]:
-    """A TCP port that is free now and that no unbound client can be handed as its source port.
+    """A TCP port that is free now and that no unbound client can be handed as its source port,
+    never one of a well-known service (this host's services database, IANA's registry).
 
     `portable=True` picks outside every OS's default ephemeral range (1024-9999), for code and
     configuration that will run on other hosts. `hold=True` returns `(port, socket)`, the socket
