@@ -7,6 +7,12 @@ crossaddr (127.0.0.1:P connected to 127.0.0.2:P: same port, different address),
 natural4:PORT (an unbound connect to 127.0.0.1:PORT that the kernel self-connected: run it in a
 namespace whose ip_local_port_range is PORT PORT), thread4 (a self4 made by a second thread
 named "worker"; its entry carries the thread id).
+self4, self6, selfmapped, remnant4 and remnant6 take an optional :PORT (default: any port);
+self4:PORT@ADDRESS self-connects on another loopback address (127.0.0.2).
+For `narcissus who`: client4:PORT / client6:PORT (bind PORT, then connect to a listener this
+planter opens on another port), bound4:PORT (bind only), udp4:PORT / udp6:PORT (a bound UDP
+socket), udpclient4:PORT (bound to PORT, connected to another UDP port), udpself4:PORT (a UDP
+socket connected to itself).
 """
 
 from __future__ import annotations
@@ -26,11 +32,11 @@ SELF = {
 }
 
 
-def self_connect(family: int, address: str) -> socket.socket:
+def self_connect(family: int, address: str, port: int = 0) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind((address, 0))
+    sock.bind((address, port))
     sock.connect((address, sock.getsockname()[1]))
     assert sock.getsockname()[:2] == sock.getpeername()[:2]
     return sock
@@ -53,20 +59,60 @@ def self_connect_in_thread(name: bytes) -> tuple[socket.socket, int]:
     return made[0]
 
 
+LOOPBACK = {"4": (socket.AF_INET, "127.0.0.1", "ipv4"), "6": (socket.AF_INET6, "::1", "ipv6")}
+
+
+def entry(kind: str, version: str, port: int) -> dict[str, object]:
+    _family, address, name = LOOPBACK[version]
+    return {"kind": kind, "family": name, "address": address, "port": port}
+
+
+def bound(version: str, kind: int, port: int) -> socket.socket:
+    family, address, _name = LOOPBACK[version]
+    sock = socket.socket(family, kind)
+    sock.bind((address, port))
+    return sock
+
+
 for spec in sys.argv[1:]:
     kind, _, arg = spec.partition(":")
     if kind in SELF:
         family, address, name = SELF[kind]
-        sock = self_connect(family, address)
+        port_text, _, other_address = arg.partition("@")
+        address = other_address or address
+        sock = self_connect(family, address, int(port_text or 0))
         held.append(sock)
         planted.append(
             {"kind": kind, "family": name, "address": address, "port": sock.getsockname()[1]}
         )
-    elif kind == "remnant4":
-        sock = self_connect(socket.AF_INET, "127.0.0.1")
+    elif kind in ("remnant4", "remnant6"):
+        family, address, name = LOOPBACK[kind[-1]]
+        sock = self_connect(family, address, int(arg or 0))
         port = sock.getsockname()[1]
         sock.close()
-        planted.append({"kind": kind, "family": "ipv4", "address": "127.0.0.1", "port": port})
+        planted.append({"kind": kind, "family": name, "address": address, "port": port})
+    elif kind in ("client4", "client6"):
+        server = bound(kind[-1], socket.SOCK_STREAM, 0)
+        server.listen()
+        client = bound(kind[-1], socket.SOCK_STREAM, int(arg))
+        client.connect(server.getsockname()[:2])
+        accepted, _ = server.accept()
+        held += [server, client, accepted]
+        item = entry(kind, kind[-1], client.getsockname()[1])
+        planted.append({**item, "server_port": server.getsockname()[1]})
+    elif kind == "bound4":
+        held.append(bound("4", socket.SOCK_STREAM, int(arg)))
+        planted.append(entry(kind, "4", int(arg)))
+    elif kind in ("udp4", "udp6"):
+        sock = bound(kind[-1], socket.SOCK_DGRAM, int(arg or 0))
+        held.append(sock)
+        planted.append(entry(kind, kind[-1], sock.getsockname()[1]))
+    elif kind in ("udpclient4", "udpself4"):
+        sock = bound("4", socket.SOCK_DGRAM, int(arg))
+        peer = bound("4", socket.SOCK_DGRAM, 0) if kind == "udpclient4" else sock
+        sock.connect(peer.getsockname())
+        held += [sock, peer]
+        planted.append({**entry(kind, "4", int(arg)), "peer_port": peer.getsockname()[1]})
     elif kind in ("listen4", "listen6"):
         family = socket.AF_INET if kind == "listen4" else socket.AF_INET6
         address = "127.0.0.1" if kind == "listen4" else "::1"

@@ -4,6 +4,7 @@
 
 Port knowledge:  ephemeral_ports(), ephemeral_range(), reserved_ports(), classify_port(port)
 Diagnosis:       scan(netns=None, every=False, kill=False) -> list[ScanReport]
+                 who(ports, netns=None, every=False) -> list[PortReport] (who holds a port)
 Prevention:      install(retries=0), uninstall(), guarded(retries=0), is_self_connected(sock)
                  free_port(portable=False, hold=False), release_port(port), claimed_port(),
                  reserve_ports(ports, persist=False, dry_run=False), lint_paths(paths, os_names=)
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     )
     from narcissus.diagnose.scan import scan_namespaces as scan
     from narcissus.diagnose.watch import Watcher, self_connects
+    from narcissus.diagnose.who import who
     from narcissus.fleet.exporter import MetricsExporter
     from narcissus.prevent.free_port import claimed_port, free_port, release_port
     from narcissus.prevent.guard import guarded, install, uninstall
@@ -44,6 +46,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "reserved_ports": ("narcissus.diagnose.ports", "reserved_ports"),
     "classify_port": ("narcissus.diagnose.ports", "classify_port"),
     "scan": ("narcissus.diagnose.scan", "scan_namespaces"),
+    "who": ("narcissus.diagnose.who", "who"),
     "install": ("narcissus.prevent.guard", "install"),
     "uninstall": ("narcissus.prevent.guard", "uninstall"),
     "guarded": ("narcissus.prevent.guard", "guarded"),
@@ -85,6 +88,7 @@ __all__ = [
     "scan",
     "self_connects",
     "uninstall",
+    "who",
 ]
 
 

@@ -21,6 +21,11 @@ class InputError(NarcissusError, ValueError):
     """Something the user gave us is wrong; the message says what and how to fix it."""
 
 
+class NamespaceGoneError(InputError):
+    """A network namespace went away (its last process exited, its name was deleted) between
+    being listed and being entered: looking at every namespace skips it."""
+
+
 class UnsupportedError(NarcissusError):
     """This host cannot do what was asked (privileges, OS, kernel feature)."""
 

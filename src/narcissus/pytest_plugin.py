@@ -7,8 +7,9 @@ installed, so it imports nothing heavy until an option turns something on).
   of reading back its own bytes; the terminal summary lists every self-connect prevented and
   the test it happened in (a client that retried past it may have passed).
 - `free_port` fixture: a TCP port free for this test, outside the ephemeral range (so a client
-  retrying it cannot connect to itself) and claimed across processes, so pytest-xdist workers
-  and other test runs never get the same one; released when the test ends.
+  retrying it cannot connect to itself), never a well-known service's, and claimed across
+  processes, so pytest-xdist workers and other test runs never get the same one; released when
+  the test ends.
 """
 
 from __future__ import annotations

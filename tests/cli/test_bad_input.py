@@ -91,8 +91,8 @@ CASES: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
     (("reserve", "40000-40100-40200"), 2, ("must look like",)),
     (("reserve", "--os", "plan9", "50000"), 2, ("unknown OS 'plan9'",)),
     # port
-    (("port", "--count", "0"), 2, ("--count", "from 1 to 64")),
-    (("port", "--count", "65"), 2, ("--count", "from 1 to 64")),
+    (("port", "--count", "0"), 2, ("--count", "from 1 to 1,000")),
+    (("port", "--count", "1001"), 2, ("--count", "from 1 to 1,000")),
     (("port", "--count", "abc"), 2, ("--count",)),
     (("port", "--lease", "0"), 2, ("--lease",)),
     (("port", "--lease", "nan"), 2, ("--lease",)),
@@ -125,6 +125,14 @@ CASES: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
     (("watch", "--backend", "ftrace", "--interval", "1s"), 2, ("--interval", "ftrace")),
     (("watch", "--backend", "bpf"), 2, ("--backend", "bpf")),
     (("watch", "--exec", " "), 2, ("--exec needs a command",)),
+    # who
+    (("who",), 2, ("the following arguments are required", "PORT")),
+    (("who", "0"), 2, ("1 to 65535",)),
+    (("who", "70000"), 2, ("1 to 65535",)),
+    (("who", "abc"), 2, ("'abc'",)),
+    (("who", "6379", "--netns", "no-such-namespace"), 2, ("no network namespace named",)),
+    (("who", "6379", "--netns", "/proc/self/ns/pid"), 2, ("a pid namespace",)),
+    (("who", "6379", "--netns", "x", "--all-netns"), 2, ("not allowed with",)),
     # shield
     (("shield",), 2, ("the following arguments are required", "ACTION")),
     (("shield", "bogus"), 2, ("invalid choice", "bogus")),

@@ -90,3 +90,25 @@ def test_odd_ports_are_flagged_as_low_likelihood(netns: PrivateNetns) -> None:
 )
 def test_bad_ports_get_one_line_and_exit_2(value: str, fragment: str) -> None:
     assert_one_line_error(run_cli("doctor", "--port", value), "--port", fragment)
+
+
+def test_a_planned_port_of_a_service_or_held_now_is_named(netns: PrivateNetns) -> None:
+    """The first report's two surprises: the new port was a chat client's, and the old one was
+    held by a client connected to itself. Neither changes the verdict; both are said."""
+    netns.set_port_range(32768, 60999)
+    with plant("self4:7032", "listen4:7033", netns=netns) as planted:
+        status, report = doctor_json(netns, "--port", "5222", "--port", "7032", "--port", "7033")
+        text = run_cli("doctor", "--port", "5222", "--port", "7033", netns=netns).stdout
+    assert status == 1  # the self-connect, as before
+    planned = {item["port"]: item for item in report["planned"]}  # type: ignore[union-attr]
+    chat = planned[5222]
+    assert chat["service"]["name"] == "xmpp-client"
+    assert chat["service"]["message"].startswith("5222 is xmpp-client: a chat client")
+    assert chat["free"] is True and chat["holders"] == []
+    itself = planned[7032]
+    assert itself["service"] is None and itself["free"] is False
+    assert [(h["kind"], h["pids"]) for h in itself["holders"]] == [("self-connect", [planted.pid])]
+    assert "narcissus scan --kill" in itself["advice"][0]
+    assert [h["kind"] for h in planned[7033]["holders"]] == ["listener"]
+    assert "but 5222 is xmpp-client: a chat client or server may use it" in text
+    assert "held right now: listener tcp4 127.0.0.1:7033 LISTEN by python" in text

@@ -42,8 +42,10 @@ def sample_count() -> int:
 def test_findings_exit_1_and_json_lists_them() -> None:
     done = lint("--format", "json", str(SAMPLES))
     assert done.returncode == 1, done.stderr
-    findings = json.loads(done.stdout)
-    assert isinstance(findings, list) and len(findings) == sample_count()
+    everything = json.loads(done.stdout)
+    findings = [f for f in everything if f["rule"] == "ephemeral-port"]
+    assert isinstance(everything, list) and len(findings) == sample_count()
+    assert all(f["level"] == "warning" and f["service"] is None for f in findings)
     for finding in findings:
         assert set(finding) >= REQUIRED_KEYS
         assert finding["path"].startswith(str(SAMPLES))
@@ -52,11 +54,44 @@ def test_findings_exit_1_and_json_lists_them() -> None:
 
 
 def test_clean_files_exit_0(tmp_path: Path) -> None:
-    (tmp_path / "app.yaml").write_text("port: 6379\ntimeout: 50000\n")
+    (tmp_path / "app.yaml").write_text("port: 7032\ntimeout: 50000\n")  # no service's
     done = lint(str(tmp_path))
     assert done.returncode == 0, done.stdout
     assert "No port inside an ephemeral range in 1 file(s)" in done.stdout
     assert json.loads(lint("--format", "json", str(tmp_path)).stdout) == []
+
+
+def test_a_port_of_a_well_known_service_is_a_note(tmp_path: Path) -> None:
+    """The first report's fix: Redis moved onto the port of a chat client."""
+    (tmp_path / "redis.conf").write_text("bind 127.0.0.1\nport 5222\n")
+    done = lint("redis.conf", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout  # a note, not a warning
+    first, fix, *_summary = done.stdout.splitlines()
+    assert first == (
+        "redis.conf:2:6: note: port 5222 (directive port) is registered to xmpp-client "
+        "(/etc/services, IANA registry): a chat client or server may use it"
+    )
+    assert "narcissus port --portable" in fix
+    assert "1 port(s) of well-known services" in done.stdout
+    [note] = json.loads(lint("--json", "redis.conf", cwd=tmp_path).stdout)
+    assert (note["rule"], note["level"], note["port"], note["ranges"]) == (
+        "well-known-port",
+        "note",
+        5222,
+        [],
+    )
+    assert note["service"] == {"name": "xmpp-client", "sources": ["/etc/services", "IANA registry"]}
+    assert json.loads(lint("--json", "--no-services", "redis.conf", cwd=tmp_path).stdout) == []
+    github = lint("--format", "github", "redis.conf", cwd=tmp_path).stdout
+    assert github.startswith("::notice file=redis.conf,line=2,col=6")
+
+
+def test_a_file_that_names_the_service_gets_no_note(tmp_path: Path) -> None:
+    (tmp_path / "redis.conf").write_text("port 6379\n")  # Redis's own port, in its own file
+    (tmp_path / "app.env").write_text("CACHE=redis://cache:6379\nWEB_PORT=8443\nSSH_PORT=22\n")
+    findings = json.loads(lint("--json", str(tmp_path)).stdout)
+    # 6379 is named (redis) in both files; 22 is below 1024; 8443 belongs to pcsync-https.
+    assert [(f["path"].rsplit("/", 1)[-1], f["port"]) for f in findings] == [("app.env", 8443)]
 
 
 def test_text_output_names_place_ranges_and_fix(tmp_path: Path) -> None:
@@ -111,8 +146,13 @@ def test_sarif_validates_against_the_official_schema(tmp_path: Path) -> None:
     [run] = log["runs"]
     assert run["columnKind"] == "unicodeCodePoints"
     assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == tmp_path.as_uri() + "/"
-    assert len(run["results"]) == sample_count()
-    result = next(r for r in run["results"] if "redis.conf" in json.dumps(r))
+    warnings = [r for r in run["results"] if r["level"] == "warning"]
+    assert len(warnings) == sample_count()
+    notes = [r for r in run["results"] if r["level"] == "note"]
+    assert notes and all(r["ruleId"] == "well-known-port" for r in notes)
+    rules = run["tool"]["driver"]["rules"]
+    assert all(rules[r["ruleIndex"]]["id"] == r["ruleId"] for r in run["results"])
+    result = next(r for r in warnings if "redis.conf" in json.dumps(r))
     location = result["locations"][0]["physicalLocation"]
     assert location["artifactLocation"]["uri"] == "my%20samples/redis.conf"
     assert location["region"] == {"startLine": 3, "startColumn": 6, "endColumn": 11}
@@ -122,7 +162,7 @@ def test_sarif_validates_against_the_official_schema(tmp_path: Path) -> None:
 
 
 def test_sarif_without_findings_is_valid_too(tmp_path: Path) -> None:
-    (tmp_path / "ok.toml").write_text("port = 8080\n")
+    (tmp_path / "ok.toml").write_text("port = 7032\n")
     done = lint("--format", "sarif", str(tmp_path))
     assert done.returncode == 0
     log = json.loads(done.stdout)

@@ -81,28 +81,30 @@ def test_port_is_outside_the_range_and_binds_on_ipv4_and_ipv6(
 def test_reserved_ports_are_never_picked_and_each_port_is_given_once(
     netns: PrivateNetns, claims: Path
 ) -> None:
-    netns.set_port_range(1100, 65535)
-    netns.reserve("1024-1089")
+    # Zones at the top of the port space: IANA names no port there (1024-1100 are nearly all
+    # a well-known service's, which free_port never hands out).
+    netns.set_port_range(1024, 65425)
+    netns.reserve("65436-65535")
     with netns.entered():
         picked = [free_port() for _ in range(10)]
-        assert sorted(picked) == list(range(1090, 1100))
+        assert sorted(picked) == list(range(65426, 65436))
         with pytest.raises(UnsupportedError, match="no free port"):
             free_port()
-        assert release_port(1095)
-        assert free_port() == 1095
+        assert release_port(65431)
+        assert free_port() == 65431
 
 
 def test_a_port_bound_on_either_family_is_skipped(netns: PrivateNetns, claims: Path) -> None:
-    netns.set_port_range(1026, 65535)  # safe: 1024 and 1025
+    netns.set_port_range(1024, 65533)  # safe: 65534 and 65535
     with netns.entered():
         v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        v6.bind(("::1", 1024))  # a specific address, not listening: still taken
+        v6.bind(("::1", 65534))  # a specific address, not listening: still taken
         v4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            assert free_port() == 1025
-            release_port(1025)
-            v4.bind(("127.0.0.1", 1025))
+            assert free_port() == 65535
+            release_port(65535)
+            v4.bind(("127.0.0.1", 65535))
             with pytest.raises(UnsupportedError):
                 free_port()
         finally:
@@ -221,8 +223,8 @@ def test_concurrent_processes_never_get_the_same_port(netns: PrivateNetns, claim
     """8 processes x 25 picks at once from a zone of 210 ports, half of them left claimed by a
     dead process: without the claims, random picks that close their probe sockets would collide
     almost surely, and two workers taking over the same stale claim must not both win."""
-    netns.set_port_range(1234, 65535)  # safe zone 1024-1233
-    for port in range(1024, 1234, 2):
+    netns.set_port_range(1024, 65325)  # safe zone 65326-65535, where IANA names no port
+    for port in range(65326, 65536, 2):
         write_claim(claims, port, pid=2**22 + 1, start_time=1, expires=0)
     code = """
         import json, sys
@@ -251,7 +253,7 @@ def test_concurrent_processes_never_get_the_same_port(netns: PrivateNetns, claim
             worker.wait(timeout=30)
     assert len(picked) == 200
     assert len(set(picked)) == 200
-    assert all(1024 <= port <= 1233 for port in picked)
+    assert all(65326 <= port <= 65535 for port in picked)
 
 
 INNER_TESTS = """
@@ -262,7 +264,7 @@ import pytest
 
 @pytest.mark.parametrize("n", range(24))
 def test_serve_on_the_port(free_port: int, n: int) -> None:
-    assert 1024 <= free_port <= 1031
+    assert 65528 <= free_port <= 65535
     with socket.socket() as server:
         server.bind(("0.0.0.0", free_port))  # fails if another worker has the same port
         server.listen()
@@ -274,7 +276,7 @@ def test_pytest_xdist_workers_never_share_a_free_port(
     netns: PrivateNetns, claims: Path, tmp_path: Path
 ) -> None:
     """The fixture under pytest-xdist: 4 workers, 24 tests, a safe zone of 8 ports."""
-    netns.set_port_range(1032, 65535)
+    netns.set_port_range(1024, 65527)  # safe zone 65528-65535, where IANA names no port
     (tmp_path / "test_inner.py").write_text(INNER_TESTS)
     inner = ["-q", "-p", "no:cacheprovider", "-n", "4", "--rootdir", str(tmp_path)]
     done = subprocess.run(

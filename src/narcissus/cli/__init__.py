@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "narcissus.cli.scan",
         "list TCP sockets connected to themselves (and their TIME_WAIT remnants)",
     ),
+    "who": (
+        "narcissus.cli.who",
+        "who holds a port (listener, client, self-connect, TIME_WAIT) and what to do about it",
+    ),
     "repro": (
         "narcissus.cli.repro",
         "make a self-connect happen on demand, in narcissus's client or in your own (CMD)",

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+    from narcissus.core.who import Holder, PortReport
+
     _T = TypeVar("_T")
 
 
@@ -204,6 +206,44 @@ def scan_json(reports: list[ScanReport]) -> dict[str, Any]:
             for result in report.killed
         ],
         "notes": [note for report in reports for note in report.notes],
+    }
+
+
+def holder_json(holder: Holder) -> dict[str, Any]:
+    """One socket holding a port, as `narcissus who --json` and `doctor --json` show it."""
+    sock = holder.socket
+    seconds = sock.seconds_left
+    return {
+        "kind": holder.kind,
+        "detail": holder.detail,
+        "state": sock.state_name,
+        "transport": sock.transport,
+        "family": sock.family,
+        "local": sock.local,
+        "remote": sock.remote,
+        "self_connected": sock.is_self_connected,
+        "pids": [owner.pid for owner in sock.owners],
+        "processes": [owner.process for owner in sock.owners],
+        "commands": [owner.command for owner in sock.owners],
+        "netns": sock.netns,
+        "seconds_left": None if seconds is None else round(seconds, 3),
+        "uid": sock.uid,
+        "inode": sock.inode,
+    }
+
+
+def port_report_json(report: PortReport) -> dict[str, Any]:
+    """The `narcissus who --json` object for one port."""
+    return {
+        "port": report.port,
+        "free": report.free,
+        "holders": [holder_json(holder) for holder in report.holders],
+        "advice": list(report.advice),
+        "kinds": list(report.kinds()),
+        "namespaces": list(report.namespaces),
+        "owners_visible": report.owners_visible,
+        "backend": report.backend,
+        "notes": list(report.notes),
     }
 
 

@@ -10,12 +10,13 @@ from narcissus.cli._common import (
     add_json_option,
     console,
     emit_json,
+    holder_json,
     port_arg,
     scan_json,
     self_connected_table,
 )
 from narcissus.core.doctor import AtRisk, HostAudit
-from narcissus.core.ephemeral import EphemeralPorts
+from narcissus.core.ephemeral import EphemeralPorts, PortClass
 from narcissus.diagnose.doctor import audit_host
 
 DESCRIPTION = """\
@@ -23,6 +24,11 @@ Audit this host for TCP self-connect risk: the OS and kernel, the ephemeral port
 reserved ports, every listening TCP socket whose port a retrying client could be handed as its
 own source port (with pid, process and why), any socket self-connected right now, and the exact
 fix (the sysctl command and the line for /etc/sysctl.d/, or moving the port below the range).
+
+A port given with --port is also checked against the well-known services (this host's
+services database and the IANA registry snapshot narcissus ships: "5222 is xmpp-client: a chat
+client or server may use it") and against the sockets holding it right now, as
+`narcissus who PORT` shows them; neither changes the exit status.
 
 exit status: 0 nothing at risk, 1 something at risk or self-connected, 2 bad input.
 """
@@ -36,7 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PORT",
-        help="also audit a port you plan to use (repeatable)",
+        help="also audit a port you plan to use (repeatable): inside the range, a well-known "
+        "service's port, held right now",
     )
     add_json_option(parser)
 
@@ -64,6 +71,22 @@ def _at_risk_json(item: AtRisk) -> dict[str, Any]:
     }
 
 
+def _planned_json(audit: HostAudit, verdict: PortClass) -> dict[str, Any]:
+    service = audit.service_of(verdict.port)
+    report = audit.holders_of(verdict.port)
+    return {
+        "port": verdict.port,
+        "status": verdict.status.value,
+        "reason": verdict.reason(),
+        "service": None
+        if service is None
+        else {"name": service.name, "sources": list(service.sources), "message": service.message()},
+        "free": report.free if report is not None else None,
+        "holders": [holder_json(h) for h in report.holders] if report is not None else [],
+        "advice": list(report.advice) if report is not None else [],
+    }
+
+
 def doctor_json(audit: HostAudit) -> dict[str, Any]:
     settings = audit.settings
     fix = audit.fix
@@ -77,9 +100,7 @@ def doctor_json(audit: HostAudit) -> dict[str, Any]:
         "reserved_ports_text": str(settings.reserved),
         "parity_first": settings.parity_first,
         "at_risk": [_at_risk_json(item) for item in audit.at_risk],
-        "planned": [
-            {"port": v.port, "status": v.status.value, "reason": v.reason()} for v in audit.planned
-        ],
+        "planned": [_planned_json(audit, verdict) for verdict in audit.planned],
         "self_connected": scan_json(list(audit.scans))["self_connected"],
         "owners_visible": audit.owners_visible,
         "fix": None
@@ -106,6 +127,36 @@ def _allocator_line(settings: EphemeralPorts) -> str | None:
         f"{label} connect() tries {parity} ports first; {other} ports are picked only when the "
         f"{parity} ones run out"
     )
+
+
+def _render_planned_ports(audit: HostAudit) -> None:
+    """Each planned port: where it stands, whose port it is, who holds it now (as `who`)."""
+    from rich.markup import escape
+
+    out = console()
+    for verdict in audit.planned:
+        port = verdict.port
+        extra: list[str] = []
+        service = audit.service_of(port)
+        if service is not None:
+            extra.append(
+                f"[yellow]but {escape(service.message())}[/]; pick another: narcissus port"
+            )
+        report = audit.holders_of(port)
+        for holder in report.holders if report is not None else ():
+            sock = holder.socket
+            owners = ", ".join(f"{o.process} ({o.pid})" for o in sock.owners) or "no owner"
+            extra.append(
+                f"[yellow]held right now:[/] {holder.kind} {sock.transport}{sock.family[-1]} "
+                f"{escape(sock.local)} {sock.state_name} by {escape(owners)}"
+            )
+        extra += [f"-> {escape(line)}" for line in (report.advice if report is not None else ())]
+        if not verdict.at_risk:
+            out.print(f"  planned {port}: {verdict.reason()}")
+        elif extra:
+            out.print(f"  planned {port}: inside the range (above)")
+        for line in extra:
+            out.print(f"    {line}")
 
 
 def _render(audit: HostAudit) -> None:
@@ -149,9 +200,7 @@ def _render(audit: HostAudit) -> None:
             out.print(f"  why {port}: {verdict.reason()}")
     else:
         out.print("[green]No listening socket sits inside the ephemeral range unreserved.[/]")
-    for verdict in audit.planned:
-        if not verdict.at_risk:
-            out.print(f"  planned {verdict.port}: {verdict.reason()}")
+    _render_planned_ports(audit)
     out.print()
 
     sockets = list(audit.self_connected)

@@ -14,7 +14,7 @@ from narcissus.cli._common import argument_type, emit_json
 from narcissus.core.lint.model import DEFAULT_TARGETS, Finding
 from narcissus.core.oses import os_facts, parse_os_name
 from narcissus.errors import InputError
-from narcissus.prevent.lint import LintReport, lint_paths
+from narcissus.prevent.lint import LintReport, at_risk, lint_paths
 
 DESCRIPTION = """\
 Find ports that services listen on or clients connect to and that lie inside an OS's default
@@ -30,9 +30,14 @@ assignments, defaults). Numbers that are not ports (timeouts, sizes, counts) are
 Binary files, files over 2 MiB, symlink loops and VCS, virtualenv and cache directories are
 skipped. A line containing "narcissus: ignore" is not reported.
 
+Notes (not warnings: they leave the exit status alone): a port from 1024 up, outside every
+range, that IANA's registry or this host's services database gives to a service the file does
+not name ("port 5222 (directive port) is registered to xmpp-client: a chat client or server
+may use it"): a server moved there can collide with that program. --no-services leaves them out.
+
 default ranges: Linux 32768-60999, Windows and macOS 49152-65535, FreeBSD 10000-65535.
 
-exit status: 0 clean, 1 found ports inside a range, 2 bad input.
+exit status: 0 clean (notes allowed), 1 found ports inside a range, 2 bad input.
 """
 
 FORMATS = ("text", "json", "sarif", "github")
@@ -75,6 +80,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--json", dest="as_json", action="store_true", help="the same as --format json"
     )
     parser.add_argument(
+        "--no-services",
+        dest="services",
+        action="store_false",
+        help="leave out the notes on ports of well-known services (IANA, /etc/services)",
+    )
+    parser.add_argument(
         "--exclude",
         action="append",
         default=[],
@@ -92,7 +103,11 @@ def run(options: argparse.Namespace) -> int:
     output = "json" if options.as_json else options.format or "text"
     with _progress() as progress:
         report = lint_paths(
-            options.paths, os_names=options.os_names, exclude=options.exclude, progress=progress
+            options.paths,
+            os_names=options.os_names,
+            exclude=options.exclude,
+            progress=progress,
+            services=options.services,
         )
     if output == "json":
         emit_json([finding_json(f) for f in report.findings])
@@ -105,7 +120,7 @@ def run(options: argparse.Namespace) -> int:
             print(line)
     else:
         _render(report)
-    return EXIT_FOUND if report.findings else EXIT_OK
+    return EXIT_FOUND if at_risk(report.findings) else EXIT_OK
 
 
 def finding_json(finding: Finding) -> dict[str, Any]:
@@ -124,6 +139,11 @@ def finding_json(finding: Finding) -> dict[str, Any]:
         "what": finding.what,
         "message": finding.message,
         "fix": finding.fix,
+        "rule": finding.rule,
+        "level": finding.level,
+        "service": None
+        if finding.service is None
+        else {"name": finding.service.name, "sources": list(finding.service.sources)},
     }
 
 
@@ -171,6 +191,8 @@ def _render(report: LintReport) -> None:
         line = Text()
         line.append(f"{finding.path}:{finding.line}:{finding.column}", style="bold")
         line.append(": ")
+        if finding.level == "note":
+            line.append("note: ", style="yellow")
         line.append(finding.message)
         out.print(line)
         out.print(Text(f"  fix: {finding.fix}", style="dim"))
@@ -179,14 +201,21 @@ def _render(report: LintReport) -> None:
     for skipped in report.skipped:
         out.print(Text(f"skipped: {skipped.path}: {skipped.reason}", style="yellow"))
     ranges = ", ".join(f"{os_facts(t.os).label} {t.range}" for t in report.targets)
-    files = {finding.path for finding in report.findings}
-    if report.findings:
+    warnings = at_risk(report.findings)
+    files = {finding.path for finding in warnings}
+    if warnings:
         out.print(
             Text(
-                f"{len(report.findings)} port(s) inside an ephemeral range in {len(files)} of "
+                f"{len(warnings)} port(s) inside an ephemeral range in {len(files)} of "
                 f"{report.files} file(s) (checked against {ranges})",
                 style="bold red",
             )
         )
     else:
         out.print(f"No port inside an ephemeral range in {report.files} file(s) ({ranges}).")
+    notes = len(report.findings) - len(warnings)
+    if notes:
+        out.print(
+            f"{notes} port(s) of well-known services (notes: they leave the exit status alone; "
+            "--no-services hides them)."
+        )

@@ -7,12 +7,15 @@ import time
 
 from narcissus.cli import EXIT_OK
 from narcissus.cli._common import add_json_option, count_arg, duration_arg, emit_json
+from narcissus.errors import UnsupportedError
 
 DESCRIPTION = """\
 Print a TCP port that is free now (on IPv4 and IPv6), outside this host's ephemeral port range
 and not reserved, so no client retrying it can be handed it as its own source port. With
 --portable it is also outside every OS's default range (1024-9999), for configuration that runs
-on other hosts.
+on other hosts. It is never the port of a well-known service (one named in this host's services
+database, /etc/services, or in the IANA registry snapshot narcissus ships), since another
+program may expect to have that one.
 
 The port is claimed with a lease: other narcissus callers (free_port(), the pytest fixture,
 this command) will not pick it until the lease ends, which leaves time to start the server:
@@ -24,7 +27,7 @@ exit status: 0 printed, 2 bad input, 3 no free port could be found.
 
 DEFAULT_LEASE = 300.0
 MAX_LEASE = 86400.0
-MAX_COUNT = 64
+MAX_COUNT = 1000
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -51,19 +54,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(options: argparse.Namespace) -> int:
-    from narcissus.prevent.free_port import claims_directory, free_port, zone
+    from narcissus.diagnose.services import well_known_services
+    from narcissus.prevent.free_port import claims_directory, free_port, unclaimed_zone, zone
 
     portable, lease = options.portable, options.lease
-    ports = [free_port(portable=portable, lease=lease) for _ in range(options.count)]
+    ports: list[int] = []
+    # A port can come back when its lease, counted from its claim, ends before the run does
+    # (a short --lease and a large --count): skip it, within a bound.
+    for _ in range(2 * options.count):
+        port = free_port(portable=portable, lease=lease)
+        if port not in ports:
+            ports.append(port)
+        if len(ports) == options.count:
+            break
+    else:
+        raise UnsupportedError(f"could not find {options.count} different free ports")
     if options.as_json:
+        safe = zone(portable=portable)
         emit_json(
             {
                 "ports": ports,
                 "portable": portable,
                 "lease_seconds": lease,
                 "lease_ends": time.time() + lease,
-                "zone": str(zone(portable=portable)),
+                "zone": str(safe),
                 "claims_directory": str(claims_directory()),
+                "services_skipped": len(safe) - len(unclaimed_zone(portable=portable)),
+                "services_sources": well_known_services().provenance,
             }
         )
     else:

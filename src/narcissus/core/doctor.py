@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from narcissus.core.ephemeral import EphemeralPorts, PortClass
 from narcissus.core.oses import Fix
 from narcissus.core.scan import ScanReport
+from narcissus.core.services import Service
 from narcissus.core.sockets import Owner, TcpSocket
+from narcissus.core.who import PortReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +36,9 @@ class AtRisk:
 @dataclass(frozen=True, slots=True)
 class HostAudit:
     """What `narcissus doctor` found: settings, listeners and planned ports at risk, the
-    self-connected sockets of each namespace scanned, and the fix."""
+    self-connected sockets of each namespace scanned, and the fix. For each planned port, the
+    well-known service it belongs to (if any) and who holds it right now: neither makes the
+    host unhealthy, both are worth knowing before a server moves there."""
 
     os: str
     settings: EphemeralPorts
@@ -44,6 +48,14 @@ class HostAudit:
     owners_visible: bool
     fix: Fix | None
     notes: tuple[str, ...] = field(default=())
+    planned_services: tuple[Service, ...] = field(default=())
+    planned_holders: tuple[PortReport, ...] = field(default=())
+
+    def service_of(self, port: int) -> Service | None:
+        return next((s for s in self.planned_services if s.port == port), None)
+
+    def holders_of(self, port: int) -> PortReport | None:
+        return next((r for r in self.planned_holders if r.port == port), None)
 
     @property
     def self_connected(self) -> tuple[TcpSocket, ...]:

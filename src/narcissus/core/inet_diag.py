@@ -1,4 +1,5 @@
-"""Linux NETLINK_SOCK_DIAG messages for TCP: build requests, walk dumps, find self-connects.
+"""Linux NETLINK_SOCK_DIAG messages for TCP and UDP: build requests, walk dumps, find
+self-connects and the sockets on given ports.
 
 Rules: bytes in, values out; no sockets here (`narcissus.system.linux.sockdiag` does the I/O).
 Layouts follow include/uapi/linux/inet_diag.h and netlink.h.
@@ -10,6 +11,11 @@ port space, which every self-connected socket does (its ports are equal) and alm
 connection does; (2) the walker compares the raw port and address bytes of each record and
 decodes only the hits. No bytecode op compares two fields, so "sport == dport" itself cannot be
 filtered in the kernel; the block partition is the closest complete approximation.
+
+Theory of a port lookup (`narcissus who`): the request names the port in its socket id, which
+the kernel's TCP and UDP dumps compare before doing any work on a socket, and carries bytecode
+accepting only that local port, which also covers what the id does not (bound sockets that
+neither listen nor connect). Both, because either alone misses or costs something.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ import struct
 from collections.abc import Sequence
 
 from narcissus.core.sockets import TcpSocket, TcpState
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from narcissus.core.who import PortSocket
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -69,9 +79,20 @@ def _nlmsg(msg_type: int, flags: int, seq: int, payload: bytes) -> bytes:
     return NLMSG_HEADER.pack(HEADER_LEN + len(payload), msg_type, flags, seq, 0) + payload
 
 
-def build_dump_request(family: int, states: int, *, bytecode: bytes = b"", seq: int = 1) -> bytes:
-    """A SOCK_DIAG_BY_FAMILY dump request for TCP sockets of `family` in `states` (bitmask)."""
-    payload = REQ_V2.pack(family, socket.IPPROTO_TCP, 0, 0, states) + bytes(48)
+def build_dump_request(
+    family: int,
+    states: int,
+    *,
+    protocol: int = socket.IPPROTO_TCP,
+    local_port: int = 0,
+    bytecode: bytes = b"",
+    seq: int = 1,
+) -> bytes:
+    """A SOCK_DIAG_BY_FAMILY dump request for sockets of `family` and `protocol` (TCP or UDP)
+    in `states` (bitmask); a `local_port` makes the kernel skip every socket on another port
+    (not bound-only TCP sockets: pair it with `local_ports_filter`)."""
+    sockid = SOCKID.pack(local_port, 0, bytes(16), bytes(16)) + bytes(SOCKID_TAIL.size)
+    payload = REQ_V2.pack(family, protocol, 0, 0, states) + sockid
     if bytecode:
         payload += NLATTR.pack(NLATTR.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
         payload += bytes(_align4(len(payload)) - len(payload))
@@ -103,6 +124,31 @@ def same_block_filter(blocks: Sequence[tuple[int, int]]) -> bytes:
         for code, port, no in steps:
             out += BC_OP.pack(code, port_op, no) + BC_OP.pack(0, 0, port)
         jump_at = start + 3 * port_op
+        out += BC_OP.pack(BC_JMP, BC_OP.size, total - jump_at)
+    return bytes(out)
+
+
+def local_ports_filter(ports: Sequence[int]) -> bytes:
+    """Bytecode accepting a socket only if its local (source) port is one of `ports`.
+
+    Per port: `sport >= p` and `sport <= p` (no: try the next port; after the last, reject),
+    then an unconditional JMP to the end, which accepts. Jumps obey the audit described in
+    `same_block_filter`. At most 3,000 ports fit in one request (20 bytes each).
+    """
+    if not ports:
+        raise ValueError("no port to filter on")
+    port_op = 2 * BC_OP.size
+    block_size = 2 * port_op + BC_OP.size
+    total = len(ports) * block_size
+    out = bytearray()
+    for index, port in enumerate(ports):
+        start = index * block_size
+        is_last = index == len(ports) - 1
+        for step, code in enumerate((BC_S_GE, BC_S_LE)):
+            at = start + step * port_op
+            no = total - at + 4 if is_last else start + block_size - at
+            out += BC_OP.pack(code, port_op, no) + BC_OP.pack(0, 0, port)
+        jump_at = start + 2 * port_op
         out += BC_OP.pack(BC_JMP, BC_OP.size, total - jump_at)
     return bytes(out)
 
@@ -163,16 +209,33 @@ def decode_socket(buf: bytes, offset: int, netns: str = "host") -> TcpSocket:
     )
 
 
-def walk_dump(
-    buf: bytes, *, self_connected_only: bool, netns: str = "host", seq: int | None = None
-) -> tuple[list[TcpSocket], bool]:
-    """Walk the netlink messages of one recv(); keep every socket, or only self-connected ones.
+def decode_port_socket(buf: bytes, offset: int, transport: str, netns: str = "host") -> PortSocket:
+    """Decode the inet_diag_msg at `offset` for `narcissus who`: the socket with its transport
+    and, for TIME_WAIT, the milliseconds its entry has left (idiag_expires)."""
+    from narcissus.core.who import PortSocket
 
-    Returns the sockets kept and whether the dump has ended.
-    The self-connect test compares raw bytes (ports first: one int compare rejects almost every
-    record) so that only hits are decoded. Raises NetlinkError if the kernel sent an error.
-    """
-    kept: list[TcpSocket] = []
+    sock = decode_socket(buf, offset, netns)
+    expires_ms = _U32.unpack_from(buf, offset + 52)[0]
+    return PortSocket(
+        transport=transport,
+        family=sock.family,
+        local_address=sock.local_address,
+        local_port=sock.local_port,
+        remote_address=sock.remote_address,
+        remote_port=sock.remote_port,
+        state=sock.state,
+        inode=sock.inode,
+        uid=sock.uid,
+        netns=netns,
+        expires_ms=expires_ms if sock.state is TcpState.TIME_WAIT else None,
+    )
+
+
+def walk_records(buf: bytes, *, seq: int | None = None) -> tuple[list[int], bool]:
+    """Walk the netlink messages of one recv(): the offsets of its inet_diag_msg records (just
+    after each netlink header) and whether the dump has ended. Messages of another request
+    (`seq`) are passed over. Raises NetlinkError if the kernel sent an error."""
+    records: list[int] = []
     offset, end = 0, len(buf)
     header = NLMSG_HEADER
     while offset + HEADER_LEN <= end:
@@ -183,29 +246,41 @@ def walk_dump(
             offset += _align4(length)
             continue
         if msg_type == NLMSG_DONE:
-            return kept, True
+            return records, True
         if msg_type == NLMSG_ERROR:
             error = -_I32.unpack_from(buf, offset + HEADER_LEN)[0]
             if error:
                 raise NetlinkError(error, f"sock_diag: {os.strerror(error)}")
-            return kept, True
-        body = offset + HEADER_LEN
-        if (
-            msg_type == SOCK_DIAG_BY_FAMILY
-            and length >= HEADER_LEN + MSG_LEN
-            and (
-                not self_connected_only
-                or (
-                    buf[body + 4] == buf[body + 6]
-                    and buf[body + 5] == buf[body + 7]
-                    and buf[body + 8 : body + 24] == buf[body + 24 : body + 40]
-                    and (buf[body + 4] or buf[body + 5])
-                )
-            )
-        ):
-            kept.append(decode_socket(buf, body, netns))
+            return records, True
+        if msg_type == SOCK_DIAG_BY_FAMILY and length >= HEADER_LEN + MSG_LEN:
+            records.append(offset + HEADER_LEN)
         offset += _align4(length)
-    return kept, False
+    return records, False
+
+
+def _is_self_connected_record(buf: bytes, body: int) -> bool:
+    """Ports first: one compare rejects almost every record before the addresses are looked at."""
+    return (
+        buf[body + 4] == buf[body + 6]
+        and buf[body + 5] == buf[body + 7]
+        and buf[body + 8 : body + 24] == buf[body + 24 : body + 40]
+        and bool(buf[body + 4] or buf[body + 5])
+    )
+
+
+def walk_dump(
+    buf: bytes, *, self_connected_only: bool, netns: str = "host", seq: int | None = None
+) -> tuple[list[TcpSocket], bool]:
+    """Walk the netlink messages of one recv(); keep every socket, or only self-connected ones.
+
+    Returns the sockets kept and whether the dump has ended.
+    The self-connect test compares raw bytes so that only hits are decoded. Raises NetlinkError
+    if the kernel sent an error.
+    """
+    records, done = walk_records(buf, seq=seq)
+    if self_connected_only:
+        records = [body for body in records if _is_self_connected_record(buf, body)]
+    return [decode_socket(buf, body, netns) for body in records], done
 
 
 def parse_ack(buf: bytes) -> int:

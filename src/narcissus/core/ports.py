@@ -98,6 +98,27 @@ class PortSet:
         extra = other.ranges if isinstance(other, PortSet) else other
         return PortSet([*self._ranges, *extra])
 
+    def __sub__(self, other: PortSet) -> PortSet:
+        """The ports of this set that are not in `other`."""
+        kept: list[PortRange] = []
+        others = other.ranges
+        index = 0
+        for span in self._ranges:
+            low = span.low
+            while index < len(others) and others[index].high < low:
+                index += 1
+            scan = index
+            while low <= span.high:
+                if scan >= len(others) or others[scan].low > span.high:
+                    kept.append(PortRange(low, span.high))
+                    break
+                cut = others[scan]
+                if cut.low > low:
+                    kept.append(PortRange(low, cut.low - 1))
+                low = max(low, cut.high + 1)
+                scan += 1
+        return PortSet(kept)
+
     def __repr__(self) -> str:
         return f"PortSet({str(self)!r})"
 

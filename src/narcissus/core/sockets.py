@@ -47,13 +47,15 @@ def state_mask(*states: TcpState) -> int:
 
 
 class Owner(Value):
-    """A process holding a file descriptor of the socket."""
+    """A process holding a file descriptor of the socket. `command` is its command line, read
+    only where it is shown (`narcissus who`): empty when not asked for or not readable."""
 
-    __slots__ = ("pid", "process")
+    __slots__ = ("pid", "process", "command")
 
-    def __init__(self, pid: int, process: str) -> None:
+    def __init__(self, pid: int, process: str, command: str = "") -> None:
         self.pid = pid
         self.process = process
+        self.command = command
 
 
 class TcpSocket(Value):

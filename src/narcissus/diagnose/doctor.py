@@ -9,8 +9,15 @@ from collections.abc import Iterable
 from narcissus import system
 from narcissus.core.doctor import AtRisk, HostAudit, listeners_at_risk
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from narcissus.core.services import Service
+    from narcissus.core.who import PortReport
+
 
 def audit_host(planned_ports: Iterable[int] = ()) -> HostAudit:
+    """Audit this host; for each planned port, also its well-known service and who holds it."""
+    planned_ports = list(planned_ports)
     settings = system.ephemeral_ports()
     listeners, listeners_complete = system.listening_sockets()
     at_risk = listeners_at_risk(settings, listeners)
@@ -23,6 +30,15 @@ def audit_host(planned_ports: Iterable[int] = ()) -> HostAudit:
         notes.insert(0, f"{settings.fallback_reason}; showing the documented default")
     if not listeners_complete and scan.owners_visible:
         notes.append("some listeners' owners could not be read: run as root to see them")
+    services: tuple[Service, ...] = ()
+    holders: tuple[PortReport, ...] = ()
+    if planned_ports:
+        from narcissus.diagnose.services import well_known_services
+        from narcissus.diagnose.who import who
+
+        known = well_known_services()
+        services = tuple(s for s in map(known.lookup, planned_ports) if s is not None)
+        holders = tuple(who(planned_ports))
     return HostAudit(
         os=system.os_description(),
         settings=settings,
@@ -32,4 +48,6 @@ def audit_host(planned_ports: Iterable[int] = ()) -> HostAudit:
         owners_visible=listeners_complete and scan.owners_visible,
         fix=settings.fix_for(risky_ports) if risky_ports else None,
         notes=tuple(notes),
+        planned_services=services,
+        planned_holders=holders,
     )

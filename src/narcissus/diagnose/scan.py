@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from narcissus import system
 from narcissus.core.scan import ScanReport
+from narcissus.errors import NamespaceGoneError
 
 
 def scan_namespaces(
@@ -21,7 +22,12 @@ def scan_namespaces(
     """
     reports: list[ScanReport] = []
     for namespace in system.namespaces(netns, every=every):
-        report = system.scan(namespace)
+        try:
+            report = system.scan(namespace)
+        except NamespaceGoneError:
+            if not every:
+                raise
+            continue  # its last process exited since the namespaces were listed
         if kill and report.sockets:
             report = report.replace(killed=tuple(system.destroy(list(report.sockets), namespace)))
         reports.append(report)

@@ -2,7 +2,9 @@
 claimed so that no other process (another test worker, another script) gets the same one.
 
 How a port is picked: draw at random from the safe zone (outside this host's ephemeral range, or
-outside every OS's default range with `portable=True`, and never a reserved port), claim it with
+outside every OS's default range with `portable=True`, and never a reserved port), less every
+port of a well-known service (named in this host's services database or in the IANA registry
+snapshot narcissus ships: another program may expect to have it), claim it with
 a file in a per-user directory, then bind it on the IPv4 and IPv6 wildcards without
 SO_REUSEADDR: that bind fails on any listener, connection or TIME_WAIT entry on the port, on any
 address. (A connect probe would miss most of those, and could itself self-connect.) A port that
@@ -75,7 +77,8 @@ def free_port(
     host: str = "127.0.0.1",
     lease: float | None = None,
 ) -> int | tuple[int, socket.socket]:
-    """A TCP port that is free now and that no unbound client can be handed as its source port.
+    """A TCP port that is free now and that no unbound client can be handed as its source port,
+    never one of a well-known service (this host's services database, IANA's registry).
 
     `portable=True` picks outside every OS's default ephemeral range (1024-9999), for code and
     configuration that will run on other hosts. `hold=True` returns `(port, socket)`, the socket
@@ -83,11 +86,12 @@ def free_port(
     process runs or until `release_port(port)`; with `lease=SECONDS` it lasts that long instead,
     whoever owns it. Raises UnsupportedError when no port of the zone can be had.
     """
-    candidates = zone(portable=portable)
+    candidates = unclaimed_zone(portable=portable)
     if not candidates:
         raise UnsupportedError(
-            "no port is left outside the ephemeral range and the reserved ports: narrow "
-            "net.ipv4.ip_local_port_range, or pick with portable=True (1024-9999)"
+            "no port is left outside the ephemeral range, the reserved ports and the well-known "
+            "service ports: narrow net.ipv4.ip_local_port_range, or pick with portable=True "
+            "(1024-9999)"
         )
     directory = claims_directory()
     expires = time.time() + lease if lease else 0.0
@@ -132,13 +136,22 @@ def claimed_port(*, portable: bool = False) -> Iterator[int]:
 
 
 def zone(*, portable: bool = False) -> PortSet:
-    """The ports `free_port` draws from: 1024-65535 outside this host's ephemeral range (and
-    with `portable`, every OS's default range) and not reserved."""
+    """The safe zone: 1024-65535 outside this host's ephemeral range (and with `portable`,
+    every OS's default range) and not reserved. `free_port` draws from it less the ports of
+    well-known services (`unclaimed_zone`)."""
     from narcissus.diagnose.ports import ephemeral_ports
 
     settings = ephemeral_ports()
     excluded = [settings.range, *(default_ranges() if portable else ())]
     return safe_zone(excluded, settings.reserved)
+
+
+def unclaimed_zone(*, portable: bool = False) -> PortSet:
+    """The ports `free_port` draws from: `zone()` without the ports of well-known services,
+    which other programs may expect to have (`narcissus.diagnose.services`)."""
+    from narcissus.diagnose.services import well_known_services
+
+    return zone(portable=portable) - well_known_services().ports
 
 
 def claims_directory() -> Path:

@@ -44,7 +44,7 @@ class Skipped:
 
 @dataclass(frozen=True, slots=True)
 class LintReport:
-    findings: tuple[Finding, ...]
+    findings: tuple[Finding, ...]  # warnings (ports inside a range) and notes (service ports)
     files: int  # files read
     skipped: tuple[Skipped, ...]
     notes: tuple[tuple[str, str], ...]  # (path, how it was read when not as its format)
@@ -57,11 +57,18 @@ def lint_paths(
     os_names: Iterable[str] = DEFAULT_TARGETS,
     exclude: Sequence[str] = (),
     progress: Callable[[int, int], None] | None = None,
+    services: bool = True,
 ) -> LintReport:
     """Lint files and directories (recursively) against the default ephemeral ranges of
-    `os_names` (keys of `narcissus.core.oses.OSES`). `progress(done, total)` is called after
-    each file."""
+    `os_names` (keys of `narcissus.core.oses.OSES`); with `services`, also note ports of
+    well-known services (IANA's registry, this host's services database) outside them.
+    `progress(done, total)` is called after each file."""
     targets = targets_for(os_names)
+    names = None
+    if services:
+        from narcissus.diagnose.services import well_known_services
+
+        names = well_known_services()
     if not targets:
         raise InputError("give at least one OS to check against (--os linux,windows,macos)")
     files, skipped = collect_files(paths, exclude)
@@ -74,13 +81,18 @@ def lint_paths(
             skipped.append(content)
         else:
             read += 1
-            result = lint_text(path, content, targets)
+            result = lint_text(path, content, targets, services=names)
             findings += result.findings
             if result.note:
                 notes.append((path, result.note))
         if progress is not None:
             progress(done, len(files))
     return LintReport(tuple(findings), read, tuple(skipped), tuple(notes), targets)
+
+
+def at_risk(findings: Iterable[Finding]) -> list[Finding]:
+    """The findings that count for the exit status: ports inside an ephemeral range."""
+    return [finding for finding in findings if finding.level == "warning"]
 
 
 def _excluded(path: str, patterns: Sequence[str]) -> bool:

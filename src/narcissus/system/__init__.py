@@ -41,6 +41,7 @@ CONTRACT = (
     "ephemeral_ports",
     "namespaces",
     "scan",
+    "sockets_on_ports",
     "listening_sockets",
     "local_ports_in_use",
     "destroy",
@@ -53,6 +54,7 @@ CONTRACT = (
     "shield_off",
     "shield_status",
     "run_shielded",
+    "services_database",
 )
 
 BACKEND: str = _os_module.BACKEND
@@ -62,6 +64,7 @@ os_description = _os_module.os_description
 ephemeral_ports = _os_module.ephemeral_ports
 namespaces = _os_module.namespaces
 scan = _os_module.scan
+sockets_on_ports = _os_module.sockets_on_ports
 listening_sockets = _os_module.listening_sockets
 local_ports_in_use = _os_module.local_ports_in_use
 destroy = _os_module.destroy
@@ -74,5 +77,6 @@ shield_on = _os_module.shield_on
 shield_off = _os_module.shield_off
 shield_status = _os_module.shield_status
 run_shielded = _os_module.run_shielded
+services_database = _os_module.services_database
 
 __all__ = list(CONTRACT)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Any
 
 from narcissus.core.ephemeral import EphemeralPorts
 from narcissus.core.namespaces import Netns
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
     from narcissus.core.shield import ShieldedRun, ShieldStatus
     from narcissus.core.watch import EventSource
+    from narcissus.core.who import PortSocket, PortSockets
 
 BACKEND = "psutil"
 _NO_SHIELD = "the shield needs Linux (cgroup BPF); on this OS use `narcissus run` (the guards)"
@@ -100,13 +103,18 @@ def _state(name: str) -> TcpState:
         return TcpState.CLOSE
 
 
-def _sockets(keep: Callable[[object], bool]) -> tuple[list[TcpSocket], bool]:
+def _psutil() -> Any:
     try:
         import psutil
     except ImportError as exc:
         raise UnsupportedError(
             "scanning sockets on this OS needs psutil: pip install psutil"
         ) from exc
+    return psutil
+
+
+def _sockets(keep: Callable[[object], bool]) -> tuple[list[TcpSocket], bool]:
+    psutil = _psutil()
     complete = True
     try:
         connections = psutil.net_connections("tcp")
@@ -141,6 +149,67 @@ def _sockets(keep: Callable[[object], bool]) -> tuple[list[TcpSocket], bool]:
             )
         )
     return found, complete
+
+
+def sockets_on_ports(ports: Collection[int], netns: Netns | None = None) -> PortSockets:
+    """Every TCP and UDP socket whose local port is one of `ports`, through psutil. psutil lists
+    a socket once per process holding it: those rows become one socket with every owner. It
+    does not say how long a TIME_WAIT entry has left."""
+    import socket
+
+    from narcissus.core.who import TCP, UDP, PortSocket, PortSockets
+
+    psutil = _psutil()
+    wanted = set(ports)
+    complete = True
+    try:
+        connections = psutil.net_connections("inet")
+    except psutil.AccessDenied:
+        complete, connections = False, []
+    merged: dict[tuple[object, ...], tuple[PortSocket, set[int]]] = {}
+    for conn in connections:
+        local, remote = _address(conn.laddr), _address(conn.raddr)
+        if local[1] not in wanted:
+            continue
+        transport = UDP if conn.type == socket.SOCK_DGRAM else TCP
+        if transport == TCP:
+            state = _state(conn.status)
+        else:
+            state = TcpState.ESTABLISHED if remote[1] else TcpState.CLOSE
+        key = (transport, local, remote, state)
+        if key not in merged:
+            family = "ipv6" if conn.family == socket.AF_INET6 else "ipv4"
+            nowhere = "::" if family == "ipv6" else "0.0.0.0"
+            sock = PortSocket(
+                transport, family, local[0], local[1], remote[0] or nowhere, remote[1], state
+            )
+            merged[key] = (sock, set())
+        if conn.pid:
+            merged[key][1].add(conn.pid)
+        elif state is not TcpState.TIME_WAIT:
+            complete = False
+    owners: dict[int, Owner] = {}
+    sockets = tuple(
+        sock.replace(owners=tuple(_owner(psutil, pid, owners) for pid in sorted(pids)))
+        for sock, pids in merged.values()
+    )
+    notes = () if complete else ("some owners are hidden from this user: run as administrator",)
+    return PortSockets("host", sockets, complete, BACKEND, notes)
+
+
+def _owner(psutil: Any, pid: int, seen: dict[int, Owner]) -> Owner:
+    """Process `pid` with its name and command line (looked up once per call)."""
+    if pid not in seen:
+        name, command = "?", ""
+        try:
+            process = psutil.Process(pid)
+            name = process.name()
+            args = process.cmdline()
+            command = subprocess.list2cmdline(args) if sys.platform == "win32" else shlex.join(args)
+        except psutil.Error:
+            pass
+        seen[pid] = Owner(pid, name, command)
+    return seen[pid]
 
 
 def _address(value: object) -> tuple[str, int]:
@@ -223,3 +292,21 @@ def run_shielded(
     mechanism: str | None = None,
 ) -> ShieldedRun:
     raise UnsupportedError(_NO_SHIELD)
+
+
+def services_file() -> str:
+    """This OS's services database: /etc/services, or its Windows twin under %SystemRoot%."""
+    if sys.platform == "win32":
+        root = os.environ.get("SYSTEMROOT", r"C:\Windows")
+        return os.path.join(root, "System32", "drivers", "etc", "services")
+    return "/etc/services"
+
+
+def services_database() -> tuple[str, str | None]:
+    """Where this host names its well-known services, and the text there (None: unreadable)."""
+    path = services_file()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return path, handle.read()
+    except OSError:
+        return path, None

@@ -20,9 +20,11 @@ from narcissus.system._portable import (
     reserved_ports_writable,
     run_shielded,
     scan,
+    services_database,
     shield_off,
     shield_on,
     shield_status,
+    sockets_on_ports,
     trace_self_connects,
     write_reserved_ports,
 )
@@ -42,9 +44,11 @@ __all__ = [
     "reserved_ports_writable",
     "run_shielded",
     "scan",
+    "services_database",
     "shield_off",
     "shield_on",
     "shield_status",
+    "sockets_on_ports",
     "trace_self_connects",
     "write_reserved_ports",
 ]

@@ -11,6 +11,7 @@ listening on P the same client connects (from P+1) and works.
 from __future__ import annotations
 
 import asyncio
+import os
 import select
 import shutil
 import subprocess
@@ -67,8 +68,10 @@ def redis_server(netns: PrivateNetns) -> Iterator[subprocess.Popen[str]]:
         while "Ready to accept connections" not in log:
             remaining = deadline - time.monotonic()
             assert remaining > 0 and server.poll() is None, f"redis-server did not start:\n{log}"
+            # Read the pipe itself: readline() on the text wrapper could leave the ready line
+            # in its buffer, where select() never sees it (the test then waited 30 s and failed).
             if select.select([server.stdout], [], [], remaining)[0]:
-                log += server.stdout.readline()
+                log += os.read(server.stdout.fileno(), 65536).decode(errors="replace")
         yield server
     finally:
         server.terminate()

@@ -196,6 +196,9 @@ def test_the_wheel_puts_the_pth_file_beside_the_package(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         pth = archive.read("narcissus_guard.pth").decode()
+        snapshot = archive.read("narcissus/core/data/iana-tcp-service-ports.tsv")
     assert "narcissus/prevent/guard/_hook/sitecustomize.py" in names
+    # The same wheel carries the IANA snapshot `narcissus port` and `lint` read (package data).
+    assert snapshot == (root / "src/narcissus/core/data/iana-tcp-service-ports.tsv").read_bytes()
     assert pth == (root / "src" / "narcissus_guard.pth").read_text()
     assert "narcissus.prevent.guard.startup" in pth

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from narcissus.core.lint import directives, keyvalue, python, text, tomlfile, tree
 from narcissus.core.lint.model import DEFAULT_TARGETS, Finding, Hit, Target, judge, targets_for
+from narcissus.core.services import ServiceNames
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -112,9 +113,15 @@ class FileResult:
 
 
 def lint_text(
-    path: str, content: str, targets: tuple[Target, ...], *, name: str | None = None
+    path: str,
+    content: str,
+    targets: tuple[Target, ...],
+    *,
+    name: str | None = None,
+    services: ServiceNames | None = None,
 ) -> FileResult:
-    """Findings in one file's text; `name` (default: the last part of `path`) picks the format."""
+    """Findings in one file's text; `name` (default: the last part of `path`) picks the format;
+    with `services`, notes on ports of well-known services too."""
     base = name if name is not None else path.replace("\\", "/").rsplit("/", 1)[-1]
     fmt = format_of(base)
     found: list[Hit] = []
@@ -132,4 +139,4 @@ def lint_text(
             else:
                 note = f"not valid {fmt.name}: only URLs, addresses and options were read"
     found += text.hits(content)
-    return FileResult(judge(path, content, found, targets), note)
+    return FileResult(judge(path, content, found, targets, services), note)

@@ -12,11 +12,11 @@ from pathlib import PurePath
 from typing import Any
 from urllib.parse import quote
 
-from narcissus.core.lint.model import Finding
+from narcissus.core.lint.model import EPHEMERAL_RULE, SERVICE_RULE, Finding
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 SARIF_VERSION = "2.1.0"
-RULE_ID = "ephemeral-port"
+RULE_ID = EPHEMERAL_RULE
 INFORMATION_URI = "https://narcissus-dev.github.io/narcissus/lint/"
 SRCROOT = "%SRCROOT%"
 
@@ -38,6 +38,24 @@ _RULE: dict[str, Any] = {
     "defaultConfiguration": {"level": "warning"},
     "properties": {"tags": ["reliability", "networking"]},
 }
+_SERVICE_RULE: dict[str, Any] = {
+    "id": SERVICE_RULE,
+    "name": "PortOfWellKnownService",
+    "shortDescription": {"text": "Port registered to a well-known service"},
+    "fullDescription": {
+        "text": "IANA's registry or the host's services database gives this port to a service "
+        "the file does not name: the program of that service may already use it, or start "
+        "later and find it taken."
+    },
+    "help": {
+        "text": "Pick a port no service is registered for, outside every ephemeral range "
+        "(`narcissus port --portable` prints one)."
+    },
+    "defaultConfiguration": {"level": "note"},
+    "properties": {"tags": ["reliability", "networking"]},
+}
+_RULES = [_RULE, _SERVICE_RULE]
+_RULE_INDEX = {rule["id"]: index for index, rule in enumerate(_RULES)}
 
 
 def artifact_uri(path: str) -> str:
@@ -67,9 +85,9 @@ def sarif_log(
     to (ending in "/"); `notes` are (path, text) pairs about files not fully read."""
     results = [
         {
-            "ruleId": RULE_ID,
-            "ruleIndex": 0,
-            "level": "warning",
+            "ruleId": finding.rule,
+            "ruleIndex": _RULE_INDEX[finding.rule],
+            "level": finding.level,
             "message": {"text": f"{finding.message}. Fix: {finding.fix}."},
             "locations": [
                 {
@@ -90,6 +108,7 @@ def sarif_log(
                     {"os": t.os, "low": t.range.low, "high": t.range.high} for t in finding.ranges
                 ],
                 "fix": finding.fix,
+                **({"service": finding.service.name} if finding.service else {}),
             },
         }
         for finding in findings
@@ -118,7 +137,7 @@ def sarif_log(
                         "name": "narcissus",
                         "version": tool_version,
                         "informationUri": INFORMATION_URI,
-                        "rules": [_RULE],
+                        "rules": _RULES,
                     }
                 },
                 "originalUriBaseIds": {SRCROOT: {"uri": root_uri}},
@@ -141,19 +160,23 @@ def _escape_property(text: str) -> str:
 
 
 def github_commands(findings: Iterable[Finding]) -> list[str]:
-    """One `::warning` workflow command per finding: annotations on the pull request."""
+    """One `::warning` (inside a range) or `::notice` (a service's port) workflow command per
+    finding: annotations on the pull request."""
     lines = []
     for finding in findings:
+        if finding.level == "warning":
+            command, title = "warning", f"narcissus: port {finding.port} is ephemeral"
+        else:
+            command, title = "notice", f"narcissus: port {finding.port} is a service's"
         properties = ",".join(
             [
                 f"file={_escape_property(finding.path)}",
                 f"line={finding.line}",
                 f"col={finding.column}",
                 f"endColumn={finding.end_column}",
-                f"title={_escape_property(f'narcissus: port {finding.port} is ephemeral')}",
+                f"title={_escape_property(title)}",
             ]
         )
-        lines.append(
-            f"::warning {properties}::{_escape_data(f'{finding.message}. Fix: {finding.fix}.')}"
-        )
+        text = _escape_data(f"{finding.message}. Fix: {finding.fix}.")
+        lines.append(f"::{command} {properties}::{text}")
     return lines

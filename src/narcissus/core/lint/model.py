@@ -2,6 +2,12 @@
 connect to, found by one extractor) and a `Finding` (a hit inside a target OS's ephemeral range,
 placed at a line and column, with the message and the fix).
 
+Two rules. `ephemeral-port` (a warning, the exit status): the port lies inside a target's
+range. `well-known-port` (a note, given only when lint is handed the service names): a port of
+1024 or more outside every range that IANA or the host's services database gives to a service
+the file never names (anywhere in its text or its path), as when a fix moved Redis onto a chat
+client's port. Ports below 1024 are chosen on purpose and need privileges.
+
 Rules: pure. Extractors report character offsets into the file's text; `judge` turns offsets
 into 1-based lines and columns (characters, not bytes), drops what no target range contains and
 what a `narcissus: ignore` comment on the line silences, and keeps one finding per place when two
@@ -14,12 +20,17 @@ import bisect
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 from narcissus.core.oses import os_facts
 from narcissus.core.ports import PortRange
+from narcissus.core.services import Service, ServiceNames
 
 IGNORE_MARK = "narcissus: ignore"
 DEFAULT_TARGETS = ("linux", "windows", "darwin")
+EPHEMERAL_RULE = "ephemeral-port"
+SERVICE_RULE = "well-known-port"
+_FIRST_UNPRIVILEGED = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +76,13 @@ class Finding:
     what: str
     message: str
     fix: str
+    rule: str = EPHEMERAL_RULE
+    service: Service | None = None
+
+    @property
+    def level(self) -> str:
+        """`warning` (counts for the exit status) or `note` (says whose port it is)."""
+        return "warning" if self.rule == EPHEMERAL_RULE else "note"
 
 
 _DIGITS = re.compile(r"\d[\d_]*")
@@ -126,8 +144,15 @@ def _ports_text(hit: Hit) -> str:
     return f"port {hit.port}" if hit.last is None else f"ports {hit.port}-{hit.last}"
 
 
-def judge(path: str, text: str, hits: Iterable[Hit], targets: tuple[Target, ...]) -> list[Finding]:
-    """The findings among `hits`, in file order."""
+def judge(
+    path: str,
+    text: str,
+    hits: Iterable[Hit],
+    targets: tuple[Target, ...],
+    services: ServiceNames | None = None,
+) -> list[Finding]:
+    """The findings among `hits`, in file order; with `services`, notes on ports of
+    well-known services too (see the module notes)."""
     index = LineIndex(text)
     safe_below = min(target.range.low for target in targets)
     seen: set[int] = set()
@@ -138,12 +163,37 @@ def judge(path: str, text: str, hits: Iterable[Hit], targets: tuple[Target, ...]
         seen.add(hit.offset)
         span = PortRange(hit.port, hit.last if hit.last is not None else hit.port)
         inside = tuple(t for t in targets if span.low <= t.range.high and t.range.low <= span.high)
-        if not inside:
-            continue
+        service = services.lookup(hit.port) if services and hit.last is None else None
         line, column = index.position(hit.offset)
+        if not inside and not _foreign(service, hit, text, path):
+            continue
         digits = (_DIGITS if hit.last is None else _PORT_TEXT).match(text, hit.offset)
         width = digits.end() - hit.offset if digits else len(str(hit.port))
         if IGNORE_MARK in index.line_text(line):
+            continue
+        place = partial(
+            Finding,
+            path=path,
+            line=line,
+            column=column,
+            end_column=column + width,
+            port=hit.port,
+            last=hit.last,
+            kind=hit.kind,
+            what=hit.what,
+            service=service,
+        )
+        if not inside:
+            assert service is not None
+            message = (
+                f"port {hit.port} ({hit.what}) is registered to {service.name} "
+                f"({', '.join(service.sources)}): {service.user} may use it"
+            )
+            fix = (
+                "use a port no service is registered for, outside every ephemeral range "
+                "(`narcissus port --portable` prints one)"
+            )
+            findings.append(place(ranges=(), message=message, fix=fix, rule=SERVICE_RULE))
             continue
         one = hit.last is None
         message = (
@@ -156,19 +206,13 @@ def judge(path: str, text: str, hits: Iterable[Hit], targets: tuple[Target, ...]
             f"use a port below {safe_below} (`narcissus port --portable` prints one) or reserve "
             f"it wherever this runs: narcissus reserve {span}"
         )
-        findings.append(
-            Finding(
-                path=path,
-                line=line,
-                column=column,
-                end_column=column + width,
-                port=hit.port,
-                last=hit.last,
-                ranges=inside,
-                kind=hit.kind,
-                what=hit.what,
-                message=message,
-                fix=fix,
-            )
-        )
+        findings.append(place(ranges=inside, message=message, fix=fix))
     return findings
+
+
+def _foreign(service: Service | None, hit: Hit, text: str, path: str) -> bool:
+    """Is this the port of a service the file never names (not in its text, not in its path)?
+    A file that names the service is most likely configuring it or its clients."""
+    if service is None or hit.port < _FIRST_UNPRIVILEGED:
+        return False
+    return not any(service.named_in(context) for context in (text, hit.what, path))

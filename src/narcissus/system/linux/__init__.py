@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Collection
 
 from narcissus.core import inet_diag
 from narcissus.core.namespaces import Netns
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from narcissus.core.ports import PortRange, PortSet
     from narcissus.core.shield import ShieldedRun, ShieldStatus
     from narcissus.core.watch import EventSource
+    from narcissus.core.who import PortSocket, PortSockets
 
 BACKEND = "netlink sock_diag"
 # What this OS module can do beyond reading settings and sockets (see narcissus.system).
@@ -35,6 +37,11 @@ _FAMILIES = (socket.AF_INET, socket.AF_INET6)
 # A self-connected socket is never a listener; leaving LISTEN out also skips every server socket.
 _SCAN_STATES = ALL_STATES_MASK & ~state_mask(TcpState.LISTEN)
 _BLOCK_FILTER = inet_diag.same_block_filter(inet_diag.port_blocks(1024))
+_PORTS_PER_REQUEST = 1024  # 20 bytes of bytecode each; a netlink attribute holds 64 KiB
+_HIDDEN_OWNERS = (
+    "some processes' descriptors could not be read (not root): owners may be missing; "
+    "run as root to see every owner"
+)
 
 __all__ = [
     "BACKEND",
@@ -51,9 +58,11 @@ __all__ = [
     "reserved_ports_writable",
     "run_shielded",
     "scan",
+    "services_database",
     "shield_off",
     "shield_on",
     "shield_status",
+    "sockets_on_ports",
     "trace_self_connects",
     "write_reserved_ports",
 ]
@@ -93,10 +102,7 @@ def _with_owners(
     lookup = find_owners({sock.inode for sock in found if sock.inode}, first_only=first_only)
     notes: list[str] = []
     if not lookup.complete:
-        notes.append(
-            "some processes' descriptors could not be read (not root): owners may be missing; "
-            "run as root to see every owner"
-        )
+        notes.append(_HIDDEN_OWNERS)
     with_owners = [sock.replace(owners=lookup.owners.get(sock.inode, ())) for sock in found]
     return with_owners, lookup.complete, tuple(notes)
 
@@ -130,6 +136,27 @@ def listening_sockets(netns: Netns | None = None) -> tuple[list[TcpSocket], bool
             found += diag.dump(family, state_mask(TcpState.LISTEN), netns=target.label)
     sockets, complete, _notes = _with_owners(found, first_only=False)
     return sockets, complete
+
+
+def sockets_on_ports(ports: Collection[int], netns: Netns | None = None) -> PortSockets:
+    """Every TCP and UDP socket (IPv4 and IPv6, any state, TIME_WAIT included) whose local port
+    is one of `ports`, with all its owners and their command lines: what keeps a server from
+    binding those ports right now."""
+    from narcissus.core.who import PortSockets
+
+    target = netns or _netns.current()
+    wanted = sorted(set(ports))
+    found: list[PortSocket] = []
+    with _netns.entered(target), SockDiag() as diag:
+        for start in range(0, len(wanted), _PORTS_PER_REQUEST):
+            chunk = wanted[start : start + _PORTS_PER_REQUEST]
+            for protocol in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+                for family in _FAMILIES:
+                    found += diag.dump_ports(family, protocol, chunk, netns=target.label)
+    lookup = find_owners({sock.inode for sock in found if sock.inode}, commands=True)
+    notes = () if lookup.complete else (_HIDDEN_OWNERS,)
+    sockets = tuple(sock.replace(owners=lookup.owners.get(sock.inode, ())) for sock in found)
+    return PortSockets(target.label, sockets, lookup.complete, BACKEND, notes)
 
 
 def local_ports_in_use(netns: Netns | None = None) -> tuple[set[int], set[int]]:
@@ -221,3 +248,15 @@ def run_shielded(
     return shield.run_shielded(
         argv, executable=executable, env=env, parent=parent, mechanism=mechanism
     )
+
+
+SERVICES_FILE = "/etc/services"
+
+
+def services_database() -> tuple[str, str | None]:
+    """Where this host names its well-known services, and the text there (None: unreadable)."""
+    try:
+        with open(SERVICES_FILE, encoding="utf-8", errors="replace") as handle:
+            return SERVICES_FILE, handle.read()
+    except OSError:
+        return SERVICES_FILE, None

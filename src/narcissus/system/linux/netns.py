@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from narcissus.core.namespaces import Netns
-from narcissus.errors import InputError, UnsupportedError
+from narcissus.errors import InputError, NamespaceGoneError, UnsupportedError
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
@@ -246,11 +246,14 @@ def entered(netns: Netns | None) -> Iterator[None]:
         return
     original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
+        gone = NamespaceGoneError(f"network namespace {netns.label} no longer exists")
         try:
             target = os.open(netns.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError as exc:
-            raise InputError(f"network namespace {netns.label} no longer exists") from exc
+        except (FileNotFoundError, ProcessLookupError) as exc:
+            raise gone from exc
         try:
+            if netns.inode and os.fstat(target).st_ino != netns.inode:
+                raise gone  # the pid in the path now names another process, elsewhere
             _setns(target)
         except PermissionError as exc:
             raise UnsupportedError(

@@ -39,6 +39,27 @@ def process_name(pid: int) -> str:
         return "?"
 
 
+def command_line(pid: int) -> str:
+    """The command line of `pid` as a shell would take it back (arguments quoted where needed);
+    `[comm]` for a kernel thread, "" when the process is gone or hidden."""
+    import shlex
+
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return ""
+    args = [arg.decode("utf-8", "replace") for arg in raw.split(b"\0")]
+    if args and args[-1] == "":
+        args.pop()
+    if not args:
+        name = process_name(pid)
+        return f"[{name}]" if name != "?" else ""
+    if len(args) == 1 and " " in args[0]:
+        return args[0]  # a process that rewrote its title (setproctitle): show it as it reads
+    return shlex.join(args)
+
+
 def process_start_time(pid: int) -> int | None:
     """When `pid` started, in clock ticks after boot (field 22 of /proc/<pid>/stat), or None when
     no such process runs; a zombie counts as gone. Together with the pid it names one process
@@ -83,8 +104,11 @@ def _pids_fewest_descriptors_first() -> list[int]:
     return [pid for _size, pid in sized]
 
 
-def find_owners(inodes: Collection[int], *, first_only: bool = False) -> OwnerLookup:
-    """Map each socket inode to the processes holding it (see the module notes on speed)."""
+def find_owners(
+    inodes: Collection[int], *, first_only: bool = False, commands: bool = False
+) -> OwnerLookup:
+    """Map each socket inode to the processes holding it (see the module notes on speed); with
+    `commands`, each owner carries its command line too."""
     wanted = {f"socket:[{inode}]": inode for inode in inodes if inode}
     if not wanted:
         return OwnerLookup({}, True)
@@ -119,7 +143,10 @@ def find_owners(inodes: Collection[int], *, first_only: bool = False) -> OwnerLo
         finally:
             os.close(fd_dir)
     owners = {
-        inode: tuple(Owner(pid, process_name(pid)) for pid in sorted(holders))
+        inode: tuple(
+            Owner(pid, process_name(pid), command_line(pid) if commands else "")
+            for pid in sorted(holders)
+        )
         for inode, holders in found.items()
     }
     return OwnerLookup(owners, complete, stopped_early)

@@ -12,8 +12,12 @@ import socket
 from types import TracebackType
 
 from narcissus.core import inet_diag
-from narcissus.core.sockets import TcpSocket
+from narcissus.core.sockets import ALL_STATES_MASK, TcpSocket
 from narcissus.errors import UnsupportedError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from narcissus.core.who import PortSocket
 
 _RECV_SIZE = 1 << 16
 
@@ -70,6 +74,30 @@ class SockDiag:
                 recv(_RECV_SIZE), self_connected_only=self_connected_only, netns=netns, seq=seq
             )
             found += sockets
+            if done:
+                return found
+
+    def dump_ports(
+        self, family: int, protocol: int, ports: list[int], *, netns: str = "host"
+    ) -> list[PortSocket]:
+        """Every TCP or UDP socket of `family`, in any state, whose local port is in `ports`."""
+        transport = "udp" if protocol == socket.IPPROTO_UDP else "tcp"
+        seq = self._next_seq()
+        request = inet_diag.build_dump_request(
+            family,
+            ALL_STATES_MASK,  # TCP_BOUND_INACTIVE too: sockets only bound
+            protocol=protocol,
+            local_port=ports[0] if len(ports) == 1 else 0,
+            bytecode=inet_diag.local_ports_filter(ports),
+            seq=seq,
+        )
+        self._sock.send(request)
+        found: list[PortSocket] = []
+        recv = self._sock.recv
+        while True:
+            buf = recv(_RECV_SIZE)
+            records, done = inet_diag.walk_records(buf, seq=seq)
+            found += [inet_diag.decode_port_socket(buf, at, transport, netns) for at in records]
             if done:
                 return found
 
