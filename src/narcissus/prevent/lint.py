@@ -55,11 +55,13 @@ def lint_paths(
     os_names: Iterable[str] = DEFAULT_TARGETS,
     exclude: Sequence[str] = (),
     progress: Callable[[int, int], None] | None = None,
+    targets: tuple[Target, ...] | None = None,
 ) -> LintReport:
     """Lint files and directories (recursively) against the default ephemeral ranges of
-    `os_names` (keys of `narcissus.core.oses.OSES`). `progress(done, total)` is called after
-    each file."""
-    targets = targets_for(os_names)
+    `os_names` (keys of `narcissus.core.oses.OSES`), or against `targets` when given (e.g. a
+    host's live range). `progress(done, total)` is called after each file."""
+    if targets is None:
+        targets = targets_for(os_names)
     if not targets:
         raise InputError("give at least one OS to check against (--os linux,windows,macos)")
     files, skipped = collect_files(paths, exclude)
