@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -256,3 +257,35 @@ def test_systemd_textfile_units_verify(tmp_path: Path) -> None:
     assert f"exporter --textfile {directory} --interval 1m" in loop
     assert f"exporter --textfile {directory} --once" in once
     assert f"ReadWritePaths={directory}" in loop and f"ReadWritePaths={directory}" in once
+
+
+class _ShieldLikeCollector:
+    """A collector from another part of narcissus (its metrics made up for the test)."""
+
+    def describe(self) -> list[Any]:
+        return list(self.collect())
+
+    def collect(self) -> list[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily("narcissus_test_extra", "A family added through COLLECTORS")
+        family.add_metric([], 7)
+        return [family]
+
+
+def test_a_collector_added_to_the_list_reaches_http_and_textfile(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from narcissus.fleet.exporter import COLLECTORS, Sources, TextfileExporter, build_registry
+
+    def factory(_sources: Sources) -> _ShieldLikeCollector:
+        return _ShieldLikeCollector()
+
+    collectors = [*COLLECTORS, factory]
+    served = generate_latest(build_registry(Sources(None), collectors=collectors)).decode()
+    assert "narcissus_test_extra 7.0" in served and "process_cpu_seconds_total" in served
+    with TextfileExporter(str(tmp_path), collectors=collectors, watch=False) as exporter:
+        exporter.write()
+    written = (tmp_path / TEXTFILE_NAME).read_text()
+    assert "narcissus_test_extra 7.0" in written and "process_" not in written
+    assert "narcissus_scan_success" in written
