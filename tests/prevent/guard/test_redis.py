@@ -11,6 +11,7 @@ listening on P the same client connects (from P+1) and works.
 from __future__ import annotations
 
 import asyncio
+import os
 import select
 import shutil
 import subprocess
@@ -47,7 +48,7 @@ def namespace(netns: PrivateNetns) -> Iterator[PrivateNetns]:
 
 
 @contextmanager
-def redis_server(netns: PrivateNetns) -> Iterator[subprocess.Popen[str]]:
+def redis_server(netns: PrivateNetns) -> Iterator[subprocess.Popen[bytes]]:
     """redis-server on 127.0.0.1:PORT inside the namespace, stopped (by its pid) afterwards."""
     server = subprocess.Popen(
         netns.wrap(
@@ -58,7 +59,7 @@ def redis_server(netns: PrivateNetns) -> Iterator[subprocess.Popen[str]]:
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
+        bufsize=0,  # unbuffered: select() on a buffered pipe misses lines already read ahead
     )
     try:
         assert server.stdout is not None
@@ -68,7 +69,9 @@ def redis_server(netns: PrivateNetns) -> Iterator[subprocess.Popen[str]]:
             remaining = deadline - time.monotonic()
             assert remaining > 0 and server.poll() is None, f"redis-server did not start:\n{log}"
             if select.select([server.stdout], [], [], remaining)[0]:
-                log += server.stdout.readline()
+                chunk = os.read(server.stdout.fileno(), 65536)
+                assert chunk, f"redis-server closed its output:\n{log}"
+                log += chunk.decode(errors="replace")
         yield server
     finally:
         server.terminate()
