@@ -79,19 +79,19 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (("--interval", "0"), "longer than zero"),
-        (("--interval=-1s",), "not a duration"),
-        (("--horizon", "soon"), "not a duration"),
+        (("--interval", "0"), "--interval takes a duration more than 0"),
+        (("--interval=-1s",), "--interval takes a duration"),
+        (("--horizon", "soon"), "--horizon takes a duration"),
         (("--port", "70000"), "1 to 65535"),
         (("--port", "0"), "1 to 65535"),
         (("--os", "plan9"), "unknown model 'plan9'"),
         (("--range", "50000-40000"), "starts after it ends"),
-        (("--clients", "0"), "at least 1"),
+        (("--clients", "0"), "--clients takes a whole number from 1"),
         (("--other-cps", "-3"), "connects per second"),
         (("--plot", "odds.txt"), "PNG"),
-        (("--fleet", "0"), "at least 1"),
+        (("--fleet", "0"), "from 1"),
         (("--retrying", "5m"), "give --fleet HOSTS"),
-        (("--fleet", "10", "--retrying", "31d"), "at most a month"),
+        (("--fleet", "10", "--retrying", "31d"), "at most 30d"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: tuple[str, ...], fragment: str) -> None:

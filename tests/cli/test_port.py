@@ -58,8 +58,9 @@ def test_json_names_the_zone_and_the_lease(netns: PrivateNetns, claims: Path) ->
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (("--lease", "0"), "--lease takes seconds"),
-        (("--lease", "soon"), "--lease takes seconds"),
+        (("--lease", "0"), "--lease takes a duration"),
+        (("--lease", "soon"), "--lease takes a duration"),
+        (("--lease", "0.5"), "--lease takes from 1s to 1d"),
         (("--count", "0"), "--count takes a whole number"),
         (("--count", "65"), "--count takes a whole number"),
     ],

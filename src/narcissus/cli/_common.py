@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 from collections.abc import Iterator
@@ -13,6 +12,10 @@ from contextlib import contextmanager
 from narcissus.core.scan import ScanReport
 from narcissus.core.sockets import TcpSocket
 from narcissus.errors import InputError
+
+# The longest duration any option takes: a week. Longer waits are a typo (1000d) or a way to
+# make a bounded loop unbounded.
+MAX_DURATION = 7 * 86400.0
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,15 +48,49 @@ def port_arg(text: str) -> int:
     return argument_type(parse_port)(text)
 
 
-def positive_seconds_arg(text: str) -> float:
-    """argparse type: a duration in seconds, more than 0 (e.g. 30 or 0.5)."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
-    return seconds
+def duration_arg(
+    option: str, *, zero: bool = False, minimum: float = 0.0, maximum: float = MAX_DURATION
+) -> Callable[[str], float]:
+    """argparse type for every duration option of every command: one syntax, `200ms`, `5s`,
+    `1m`, `2h`, `1d` (a bare number is seconds), finite, more than 0 (or 0 with `zero`), at least
+    `minimum` and at most `maximum` seconds."""
+    from narcissus.core.durations import format_duration, parse_duration
+
+    def convert(text: str) -> float:
+        if zero and text.strip() in ("0", "0s", "0ms"):
+            return 0.0
+        try:
+            seconds = parse_duration(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{option} takes a duration more than 0 such as 200ms, 5s or 1m (a bare number "
+                f"is seconds), got {text!r}"
+            ) from None
+        if not minimum <= seconds <= maximum:
+            span = (
+                f"from {format_duration(minimum)} to {format_duration(maximum)}"
+                if minimum
+                else f"more than 0 and at most {format_duration(maximum)}"
+            )
+            raise argparse.ArgumentTypeError(f"{option} takes {span}, got {text!r}")
+        return seconds
+
+    return convert
+
+
+def count_arg(option: str, *, minimum: int = 1, maximum: int) -> Callable[[str], int]:
+    """argparse type for a whole-number option, bounded on both sides (no count is unbounded:
+    every loop narcissus runs has a limit)."""
+
+    def convert(text: str) -> int:
+        raw = text.strip().replace("_", "").replace(",", "")
+        if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"{option} takes a whole number from {minimum:,} to {maximum:,}, got {text!r}"
+            )
+        return int(raw)
+
+    return convert
 
 
 def add_json_option(
@@ -79,12 +116,25 @@ def add_backend_options(parser: argparse.ArgumentParser, *, interval: bool = Tru
         return
     parser.add_argument(
         "--interval",
-        type=positive_seconds_arg,
-        default=DEFAULT_INTERVAL,
-        metavar="S",
-        help=f"seconds between two polls of the socket table, poll backend only "
-        f"(default: {DEFAULT_INTERVAL:g})",
+        type=duration_arg("--interval", minimum=0.01, maximum=3600.0),
+        default=None,
+        metavar="DURATION",
+        help=f"time between two polls of the socket table, e.g. 500ms or 5s; poll backend only "
+        f"(default: {DEFAULT_INTERVAL:g}s)",
     )
+
+
+def backend_choice(options: argparse.Namespace) -> tuple[str, float]:
+    """The backend and poll interval asked for; --interval with --backend ftrace is a mistake
+    (the tracepoint needs no polling), said in one line rather than ignored."""
+    from narcissus.diagnose.watch import DEFAULT_INTERVAL, FTRACE
+
+    if options.interval is not None and options.backend == FTRACE:
+        raise InputError(
+            "--interval sets the poll backend's period; --backend ftrace does not poll: "
+            "leave out --interval, or use --backend poll"
+        )
+    return options.backend, options.interval or DEFAULT_INTERVAL
 
 
 class Terminated(Exception):

@@ -15,15 +15,19 @@ from narcissus.cli._common import (
     Terminated,
     add_backend_options,
     add_json_option,
+    backend_choice,
+    duration_arg,
     stop_on_terminate,
 )
-from narcissus.core.durations import format_duration, parse_duration
+from narcissus.core.durations import format_duration
 from narcissus.core.ports import parse_host_port
 from narcissus.errors import InputError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from narcissus.fleet.exporter import MetricsExporter, TextfileExporter
+
+POLL_MIN, POLL_MAX = 0.01, 3600.0  # --interval as the poll period (as `narcissus watch`)
 
 DESCRIPTION = """\
 Serve Prometheus metrics at http://HOST:PORT/metrics (loopback, port 9469 by default), or with
@@ -68,14 +72,6 @@ def listen_arg(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def duration_arg(text: str) -> float:
-    """argparse type: 30 (seconds), 500ms, 1m ..."""
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
@@ -83,7 +79,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="HOST:PORT",
         help="where to serve /metrics (default: 127.0.0.1:9469; [::1]:9469 for IPv6, "
-        "0.0.0.0:9469 for every interface, port 0 for any free port)",
+        "0.0.0.0:9469 for every interface, port 0 for a free port outside the ephemeral range)",
     )
     parser.add_argument(
         "--textfile",
@@ -98,12 +94,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--interval",
-        type=duration_arg,
+        type=duration_arg("--interval", minimum=0.001, maximum=86400.0),
         default=None,
         metavar="DURATION",
-        help="with --textfile: time between two writes (default 1m); otherwise: time between "
-        "two polls of the socket table, poll backend only (default 1s). Takes 500ms, 30s, 1m, "
-        "or a number of seconds",
+        help="with --textfile: time between two writes, 1ms to 1d (default 1m); otherwise: "
+        "time between two polls of the socket table, poll backend only, 10ms to 1h (default "
+        "1s). Takes 500ms, 30s, 1m, or a number of seconds",
     )
     add_backend_options(parser, interval=False)
     add_json_option(parser, "print one JSON line when ready (the URL or file, the backend)")
@@ -125,12 +121,16 @@ def run(options: argparse.Namespace) -> int:
         return _run_textfile(options)
     if options.once:
         raise InputError("--once writes the file once: it needs --textfile DIR")
-    from narcissus.diagnose.watch import DEFAULT_INTERVAL
     from narcissus.fleet.exporter import DEFAULT_HOST, DEFAULT_PORT, MetricsExporter
 
     host, port = options.listen or (DEFAULT_HOST, DEFAULT_PORT)
-    interval = options.interval or DEFAULT_INTERVAL
-    exporter = MetricsExporter(host, port, backend=options.backend, interval=interval)
+    if options.interval is not None and not POLL_MIN <= options.interval <= POLL_MAX:
+        raise InputError(
+            "--interval takes from 10ms to 1h between two polls (1ms to 1d is for --textfile "
+            f"writes), got {format_duration(options.interval)}"
+        )
+    backend, interval = backend_choice(options)
+    exporter = MetricsExporter(host, port, backend=backend, interval=interval)
     idle = threading.Event()  # never set: the main thread sleeps here until a signal
     try:
         with stop_on_terminate(), exporter:

@@ -73,7 +73,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         choices=FORMATS,
-        default="text",
+        default=None,
         help="text (default), json (a list of findings), sarif (SARIF 2.1.0 for code "
         "scanning), github (workflow commands: annotations on a pull request)",
     )
@@ -90,7 +90,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(options: argparse.Namespace) -> int:
-    output = "json" if options.as_json else options.format
+    if options.as_json and options.format not in (None, "json"):
+        raise InputError(
+            f"--json means --format json, which conflicts with --format {options.format}: "
+            "give one of them"
+        )
+    output = "json" if options.as_json else options.format or "text"
     with _progress() as progress:
         report = lint_paths(
             options.paths, os_names=options.os_names, exclude=options.exclude, progress=progress

@@ -9,13 +9,31 @@ from dataclasses import replace
 from typing import Any
 
 from narcissus.cli import EXIT_FOUND, EXIT_OK
-from narcissus.cli._common import add_json_option, console, emit_json, port_arg
+from narcissus.cli._common import (
+    add_json_option,
+    console,
+    count_arg,
+    duration_arg,
+    emit_json,
+    port_arg,
+)
 from narcissus.core.allocators import MODELS
-from narcissus.core.durations import format_duration, parse_duration
+from narcissus.core.durations import format_duration
 from narcissus.core.odds import DAYS_PER_MONTH, SECONDS_PER_MONTH, Question
 from narcissus.core.ports import parse_port_list, parse_port_range
 from narcissus.errors import InputError
-from narcissus.quantify.odds import DEFAULT_TRIALS, Estimate, estimate
+from narcissus.quantify.odds import (
+    DEFAULT_TRIALS,
+    MAX_TRIALS,
+    MIN_TRIALS,
+    Estimate,
+    estimate,
+)
+
+MAX_CLIENTS = 1_000_000
+MAX_HOSTS = 100_000_000
+MAX_OTHER_CPS = 1e9
+MAX_HORIZON = 3650 * 86400.0  # ten years
 
 DESCRIPTION = f"""\
 How likely is a client that retries a port where nothing listens to be handed that very port
@@ -45,13 +63,6 @@ exit status: 0 the port cannot be hit within the horizon, 1 it can, 2 bad input,
 """
 
 
-def _duration_arg(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def _model_arg(text: str) -> str:
     name = text.strip().lower()
     if name not in MODELS:
@@ -73,19 +84,15 @@ def _reserved_arg(text: str) -> object:
         raise argparse.ArgumentTypeError(f"{exc}; write ports like 8080,9000-9010") from exc
 
 
-def _positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return int(text)
-
-
 def _rate_arg(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a number of connects per second >= 0: {text!r}")
+    if not (0 <= value <= MAX_OTHER_CPS):  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(
+            f"--other-cps takes connects per second from 0 to {MAX_OTHER_CPS:,.0f}, got {text!r}"
+        )
     return value
 
 
@@ -120,7 +127,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--interval",
-        type=_duration_arg,
+        type=duration_arg("--interval", minimum=1e-6, maximum=86400.0),
         default=0.2,
         metavar="DURATION",
         help="time between one client's attempts (default: 200ms)",
@@ -129,7 +136,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--clients",
         "--clients-per-host",
         dest="clients",
-        type=_positive_int,
+        type=count_arg("--clients", maximum=MAX_CLIENTS),
         default=1,
         metavar="N",
         help="clients on a host retrying the same port at once (default: 1)",
@@ -137,13 +144,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fleet",
         dest="hosts",
-        type=_positive_int,
+        type=count_arg("--fleet", maximum=MAX_HOSTS),
         metavar="HOSTS",
         help="answer for HOSTS hosts alike too: self-connects a month across them",
     )
     parser.add_argument(
         "--retrying",
-        type=_duration_arg,
+        type=duration_arg("--retrying", maximum=SECONDS_PER_MONTH),
         metavar="DURATION",
         help="with --fleet: how long a month each host's clients retry the port, e.g. the "
         "server's downtime (default: the whole month, 30d)",
@@ -158,7 +165,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--horizon",
-        type=_duration_arg,
+        type=duration_arg("--horizon", maximum=MAX_HORIZON),
         default=86400.0,
         metavar="DURATION",
         help="the time asked about (default: 1d)",
@@ -168,12 +175,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--trials",
-        type=_positive_int,
+        type=count_arg("--trials", minimum=MIN_TRIALS, maximum=MAX_TRIALS),
         default=DEFAULT_TRIALS,
         metavar="N",
-        help=f"Monte Carlo trials (default: {DEFAULT_TRIALS:,})",
+        help=f"Monte Carlo trials, {MIN_TRIALS:,} to {MAX_TRIALS:,} (default: {DEFAULT_TRIALS:,})",
     )
-    parser.add_argument("--seed", type=int, help="Monte Carlo seed, for reproducible output")
+    parser.add_argument(
+        "--seed",
+        type=count_arg("--seed", minimum=0, maximum=2**32 - 1),
+        metavar="N",
+        help="Monte Carlo seed (0 to 4294967295), for reproducible output",
+    )
     parser.add_argument(
         "--plot",
         metavar="FILE.png",
@@ -187,8 +199,6 @@ def run(options: argparse.Namespace) -> int:
         raise InputError(
             f"--plot writes a PNG: give a file name ending in .png, not {options.plot}"
         )
-    if options.trials < 100:
-        raise InputError(f"--trials must be at least 100, got {options.trials}")
     if options.retrying is not None and options.hosts is None:
         raise InputError("--retrying describes a fleet: give --fleet HOSTS too")
     models: list[str | None] = list(dict.fromkeys(options.models or [None]))

@@ -6,7 +6,7 @@ import argparse
 import time
 
 from narcissus.cli import EXIT_OK
-from narcissus.cli._common import add_json_option, emit_json
+from narcissus.cli._common import add_json_option, count_arg, duration_arg, emit_json
 
 DESCRIPTION = """\
 Print a TCP port that is free now (on IPv4 and IPv6), outside this host's ephemeral port range
@@ -27,26 +27,6 @@ MAX_LEASE = 86400.0
 MAX_COUNT = 64
 
 
-def _lease(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 1 <= seconds <= MAX_LEASE:
-        raise argparse.ArgumentTypeError(
-            f"--lease takes seconds from 1 to {MAX_LEASE:.0f}, got {text!r}"
-        )
-    return seconds
-
-
-def _count(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= MAX_COUNT:
-        raise argparse.ArgumentTypeError(
-            f"--count takes a whole number from 1 to {MAX_COUNT}, got {text!r}"
-        )
-    return int(text)
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--portable",
@@ -55,14 +35,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lease",
-        type=_lease,
+        type=duration_arg("--lease", minimum=1.0, maximum=MAX_LEASE),
         default=DEFAULT_LEASE,
-        metavar="SECONDS",
-        help=f"how long the claim holds after this command exits (default {DEFAULT_LEASE:.0f})",
+        metavar="DURATION",
+        help="how long the claim holds after this command exits, e.g. 90s or 10m (default 5m)",
     )
     parser.add_argument(
         "--count",
-        type=_count,
+        type=count_arg("--count", maximum=MAX_COUNT),
         default=1,
         metavar="N",
         help="print N different ports, one per line (default 1)",

@@ -8,7 +8,14 @@ from contextlib import nullcontext
 from typing import Any
 
 from narcissus.cli import EXIT_FOUND, EXIT_OK
-from narcissus.cli._common import add_json_option, emit_json, port_arg, socket_json
+from narcissus.cli._common import (
+    add_json_option,
+    count_arg,
+    duration_arg,
+    emit_json,
+    port_arg,
+    socket_json,
+)
 from narcissus.repro import Mode, Preflight, ReproRequest, ReproResult, preflight, reproduce
 from narcissus.repro.model import SteerSetup
 
@@ -40,44 +47,45 @@ this host (privileges, kernel), 130 interrupted.
 """
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+MAX_ATTEMPTS = 10_000_000  # ~5 min of a tight loop; --timeout usually ends it first
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("port", type=port_arg, metavar="PORT", help="the port to self-connect to")
     parser.add_argument("--host", default="127.0.0.1", help="a local address (default 127.0.0.1)")
     parser.add_argument(
-        "--mode", choices=[m.value for m in Mode], default=Mode.NATURAL.value, help="see below"
+        "--mode",
+        choices=[m.value for m in Mode],
+        default=Mode.NATURAL.value,
+        help="how to make it happen: natural, pinned, steer or isolate (described above; "
+        "default: natural)",
     )
     parser.add_argument(
-        "--max-attempts", type=_count, default=100_000, metavar="N", help="default 100000"
+        "--max-attempts",
+        type=count_arg("--max-attempts", maximum=MAX_ATTEMPTS),
+        default=100_000,
+        metavar="N",
+        help=f"give up after N attempts (1 to {MAX_ATTEMPTS:,}; default 100,000)",
     )
     parser.add_argument(
-        "--timeout", type=_seconds, default=60.0, metavar="S", help="give up after S seconds (60)"
+        "--timeout",
+        type=duration_arg("--timeout", maximum=3600.0),
+        default=60.0,
+        metavar="DURATION",
+        help="give up after this long, e.g. 30s or 5m (at most 1h; default 60s)",
     )
     parser.add_argument(
         "--hold",
-        type=_seconds,
+        type=duration_arg("--hold", zero=True, maximum=3600.0),
         default=0.0,
-        metavar="S",
-        help="keep the self-connected socket S seconds: a server cannot bind PORT meanwhile",
+        metavar="DURATION",
+        help="keep the self-connected socket this long (e.g. 5s; at most 1h): a server cannot "
+        "bind PORT meanwhile (default 0: release it at once)",
     )
     add_json_option(parser)
     parser.usage = (
-        "narcissus repro [-h] [--host H] [--mode MODE] [--max-attempts N] [--timeout S] "
-        "[--hold S] [--json] PORT [-- CMD ARGS...]"
+        "narcissus repro [-h] [--host H] [--mode MODE] [--max-attempts N] [--timeout DURATION] "
+        "[--hold DURATION] [--json] PORT [-- CMD ARGS...]"
     )
 
 

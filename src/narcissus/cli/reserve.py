@@ -28,6 +28,11 @@ the ports already there (needs root). --persist also writes them to
 {SYSCTL_D_FILE} (merged with what that file lists), so a reboot
 keeps them. --dry-run shows what would change and changes nothing.
 
+It refuses, changing nothing, a reservation that would leave clients fewer than 1,024 usable
+ephemeral ports or less than 10% of the range (every outgoing connect() would then fail with
+EADDRNOTAVAIL once those are in use): reserve the ports servers listen on, not the range.
+--force applies it anyway. --dry-run shows the usable ports before and after.
+
 Other OSes, or --os: prints the equivalent commands to run there (Windows: netsh int ipv4 add
 excludedportrange; macOS and the BSDs can only move the start of the range).
 
@@ -45,7 +50,8 @@ examples:
   narcissus reserve --persist --from /etc/kubernetes/manifests/kube-apiserver.yaml
   narcissus reserve --dry-run --from docker-compose.yml
 
-exit status: 0 done (or nothing to reserve), 2 bad input, 3 not permitted here (not root).
+exit status: 0 done (or nothing to reserve), 2 bad input or a reservation refused, 3 not
+permitted here (not root).
 """
 
 
@@ -84,6 +90,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="show what would change; change nothing"
     )
     parser.add_argument(
+        "--force",
+        action="store_true",
+        help="apply a reservation that leaves clients fewer usable ephemeral ports than the "
+        "floor (1,024, or 10%% of the range)",
+    )
+    parser.add_argument(
         "--os",
         dest="os_name",
         type=argument_type(parse_os_name),
@@ -111,6 +123,7 @@ def run(options: argparse.Namespace) -> int:
         persist=options.persist or options.sysctl_file is not None,
         sysctl_file=options.sysctl_file or SYSCTL_D_FILE,
         dry_run=options.dry_run,
+        force=options.force,
         os_name=options.os_name,
     )
     if options.as_json:
@@ -171,6 +184,9 @@ def reserve_json(result: ReserveResult) -> dict[str, Any]:
         "applied": result.applied,
         "changed": result.changed and result.applied,
         "dry_run": result.dry_run,
+        "usable_before": reservation.usable_before if result.on_this_host else None,
+        "usable_after": reservation.usable_after if result.on_this_host else None,
+        "usable_floor": reservation.usable_floor if result.on_this_host else None,
         "commands": list(reservation.fix.commands),
         "persist_file": result.persist_file,
         "persist_text": result.persist_text,
@@ -199,6 +215,13 @@ def _render(result: ReserveResult) -> None:
         out.print(f"{LINUX_RESERVED_KEY}: {verb} {reservation.after}", markup=False)
         out.print(f"  before  {reservation.before or 'none'}", markup=False)
         out.print(f"  added   {reservation.added}", markup=False)
+    out.print(
+        f"  usable ephemeral ports: {reservation.usable_before:,} before, "
+        f"{reservation.usable_after:,} after, of {len(reservation.settings.range):,} "
+        f"({reservation.settings.range}); the floor is {reservation.usable_floor:,}"
+        + (" (--force: below it)" if reservation.starves else ""),
+        markup=False,
+    )
     if reservation.outside_range:
         out.print(
             f"  note: outside the ephemeral range {reservation.settings.range}, where no client "

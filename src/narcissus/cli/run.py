@@ -77,7 +77,7 @@ def run(options: argparse.Namespace) -> int:
         command = (
             [*command, "--", *options.trailing_command] if command else options.trailing_command
         )
-    if not command:
+    if not command or not command[0].strip():
         raise InputError("give the command to run after --, e.g. narcissus run -- python app.py")
     report = None if options.quiet else ("json" if options.as_json else "text")
     env = child_environment(retries=options.retries, report=report)

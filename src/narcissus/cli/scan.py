@@ -7,7 +7,7 @@ import os
 
 from narcissus.cli import EXIT_FOUND, EXIT_OK
 from narcissus.cli._common import add_json_option, emit_json, scan_json
-from narcissus.core.scan import ScanReport
+from narcissus.core.scan import ScanReport, kill_command
 from narcissus.diagnose.scan import scan_namespaces
 from narcissus.errors import InputError
 
@@ -47,11 +47,11 @@ def run(options: argparse.Namespace) -> int:
     if options.as_json:
         emit_json(scan_json(reports))
     else:
-        _render(reports, options.kill)
+        _render(reports, options.kill, kill_command(options.netns, every=options.all_netns))
     return EXIT_FOUND if any(report.sockets for report in reports) else EXIT_OK
 
 
-def _render(reports: list[ScanReport], kill: bool) -> None:
+def _render(reports: list[ScanReport], kill: bool, kill_line: str) -> None:
     from narcissus.cli._common import console, self_connected_table
 
     out = console()
@@ -78,4 +78,4 @@ def _render(reports: list[ScanReport], kill: bool) -> None:
         for note in report.notes:
             out.print(f"[yellow]note:[/] {note}")
     if found and not kill:
-        out.print("Free the port now: narcissus scan --kill. Prevent it: narcissus doctor.")
+        out.print(f"Free the port now: {kill_line}. Prevent it: narcissus doctor.", markup=False)

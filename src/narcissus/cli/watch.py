@@ -16,9 +16,11 @@ from narcissus.cli._common import (
     Terminated,
     add_backend_options,
     add_json_option,
-    positive_seconds_arg,
+    backend_choice,
+    duration_arg,
     stop_on_terminate,
 )
+from narcissus.core.durations import format_duration
 from narcissus.core.watch import SelfConnectEvent, WatchBatch
 from narcissus.diagnose.watch import Watcher
 from narcissus.errors import InputError
@@ -50,9 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_json_option(parser, "print JSON lines: a ready object, then one object per self-connect")
     parser.add_argument(
         "--duration",
-        type=positive_seconds_arg,
-        metavar="S",
-        help="stop after S seconds (default: run until Ctrl-C or SIGTERM)",
+        type=duration_arg("--duration"),
+        metavar="DURATION",
+        help="stop after this long, e.g. 30s or 5m (default: run until Ctrl-C or SIGTERM)",
     )
     parser.add_argument(
         "--exec",
@@ -174,7 +176,8 @@ def run(options: argparse.Namespace) -> int:
         if options.exec_command
         else None
     )
-    watcher = Watcher(options.backend, interval=options.interval)
+    backend, interval = backend_choice(options)
+    watcher = Watcher(backend, interval=interval)
     seen = _Tally()
     started = time.monotonic()
     try:
@@ -242,7 +245,7 @@ def _announce_ready(watcher: Watcher, options: argparse.Namespace) -> None:
         }
         _emit(json.dumps(ready))
         return
-    until = f"for {options.duration:g} s" if options.duration else "until Ctrl-C"
+    until = f"for {format_duration(options.duration)}" if options.duration else "until Ctrl-C"
     sys.stderr.write(f"narcissus watch: backend {watcher.backend}; ready, watching {until}\n")
     for note in watcher.notes:
         sys.stderr.write(f"  note: {note}\n")

@@ -53,3 +53,14 @@ class ScanReport(Value):
     @property
     def remnants(self) -> tuple[TcpSocket, ...]:
         return tuple(s for s in self.sockets if s.is_remnant)
+
+
+def kill_command(netns: str | None = None, *, every: bool = False) -> str:
+    """The `narcissus scan --kill` line to paste, with the namespace flags the user gave."""
+    import shlex
+
+    if every:
+        return "narcissus scan --kill --all-netns"
+    if netns:
+        return f"narcissus scan --kill --netns {shlex.quote(netns)}"
+    return "narcissus scan --kill"

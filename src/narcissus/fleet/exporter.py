@@ -401,6 +401,12 @@ class MetricsExporter(_Exporter):
         return self
 
     def _serve(self) -> None:
+        if self.port == 0:
+            # Not the kernel's pick (bind to port 0 lands inside the ephemeral range, where the
+            # exporter would report itself at risk): a safe port, claimed across processes.
+            from narcissus.prevent.free_port import free_port
+
+            self.port = free_port()
         try:
             self._server, _thread = start_http_server(
                 self.port, addr=self.host, registry=self.registry

@@ -22,6 +22,8 @@ from narcissus.core.lint import DEFAULT_TARGETS, Finding, Target, lint_text, tar
 from narcissus.errors import InputError
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
+# Non-blocking: a FIFO that turns up between stat() and open() must not hang the read.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 _SNIFF_BYTES = 8192
 SKIPPED_DIRECTORIES = frozenset(
     {
@@ -102,11 +104,38 @@ def collect_files(
             reason = "a symlink loop" if exc.errno == errno.ELOOP else exc.strerror
             raise InputError(f"cannot read {given!r}: {reason}; give files or directories") from exc
         path = os.path.normpath(given)
+        _check_named(given, info)
         if stat.S_ISDIR(info.st_mode):
             _walk(path, exclude, files, skipped, visited)
         else:
             files.setdefault((info.st_dev, info.st_ino), path)
     return sorted(files.values()), skipped
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_named(given: str, info: os.stat_result) -> None:
+    """A path the user named must be a file or directory lint can read: saying so beats a clean
+    report that silently skipped it (or a read that blocks on a FIFO)."""
+    if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+        kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+        raise InputError(f"{given!r} is {kind}, not a file or directory: lint reads files")
+    try:
+        if stat.S_ISDIR(info.st_mode):
+            with os.scandir(given):
+                pass
+        else:
+            os.close(os.open(given, _READ_FLAGS))
+    except OSError as exc:
+        raise InputError(
+            f"cannot read {given!r}: {exc.strerror}; give files or directories you can read"
+        ) from exc
 
 
 def _walk(
@@ -163,9 +192,8 @@ def _is_inside(path: str, ancestor: str) -> bool:
 def read_text(path: str) -> str | Skipped:
     """A file's text, or why it is not read. Never blocks on a FIFO and never reads more than
     MAX_FILE_BYTES."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, _READ_FLAGS)
     except OSError as exc:
         loop = exc.errno == errno.ELOOP
         return Skipped(path, "symlink loop" if loop else f"cannot read: {exc.strerror}")

@@ -78,8 +78,12 @@ def reserve_ports(
     sysctl_file: str = SYSCTL_D_FILE,
     dry_run: bool = False,
     os_name: str | None = None,
+    force: bool = False,
 ) -> ReserveResult:
-    """Reserve `ports` on this host (Linux, root), or plan it for `os_name` / a non-Linux host."""
+    """Reserve `ports` on this host (Linux, root), or plan it for `os_name` / a non-Linux host.
+
+    Raises InputError, changing nothing, when the reservation would leave clients too few
+    ports to connect from (`Reservation.starves`), dry run included, unless `force`."""
     requested = PortSet(ports)
     if not requested:
         raise InputError("give at least one port or range to reserve, e.g. 50000 or 40000-40100")
@@ -89,6 +93,8 @@ def reserve_ports(
     from narcissus.diagnose.ports import ephemeral_ports
 
     reservation = plan_reservation(ephemeral_ports(), requested)
+    if reservation.starves and not force:
+        raise InputError(reservation.starving_reason())
     persist_text = None
     if persist:
         persist_text = sysctl_file_text(_read_if_exists(sysctl_file), reservation.after)

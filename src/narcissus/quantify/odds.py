@@ -51,6 +51,11 @@ from narcissus.core.ports import MAX_PORT, MIN_PORT, PortSet
 from narcissus.errors import InputError, UnsupportedError
 
 DEFAULT_TRIALS = 4000  # Monte Carlo trials: about +-4% on the mean at 99%
+MIN_TRIALS = 100
+MAX_TRIALS = 10_000_000
+# Memory a Monte Carlo trial takes at its peak (measured ~400 bytes: 87 MB for 100,000 trials,
+# 208 MB for 400,000), rounded up; a run that would not fit in free memory is refused.
+BYTES_PER_TRIAL = 512
 SIMULATION_BUDGET = 400_000_000  # simulated attempts per estimate at most (~10 s here)
 
 METHODS = ("auto", "closed", "simulate")
@@ -233,8 +238,12 @@ def estimate(
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if trials < 100:
-        raise InputError(f"a Monte Carlo needs at least 100 trials, got {trials}")
+    if not MIN_TRIALS <= trials <= MAX_TRIALS:
+        raise InputError(
+            f"a Monte Carlo takes {MIN_TRIALS:,} to {MAX_TRIALS:,} trials, got {trials:,}"
+        )
+    if seed is not None and not 0 <= seed < 2**32:
+        raise InputError(f"the seed must be a whole number from 0 to {2**32 - 1}, got {seed}")
     built, from_host = scenario(question, netns=netns)
     target = locate(built)
     reason = exposure_reason(built, target.exposure)
@@ -294,6 +303,7 @@ def _simulate(
             f"{built.model.name} in this scenario needs a Monte Carlo, which needs numpy: "
             "pip install 'narcissus[odds]'"
         ) from exc
+    _check_memory(trials)
     plan = plan_for(built, target)
     cap = max(built.horizon_attempts + 1, math.ceil(60 * plan.expected))
     result = montecarlo.simulate(
@@ -305,3 +315,20 @@ def _simulate(
         progress=progress,
     )
     return Empirical(result.samples, result.trials, result.cap)
+
+
+def _check_memory(trials: int) -> None:
+    """Refuse a simulation that would not fit in the memory free now, rather than swap the host
+    to a halt or be killed by the OOM killer halfway."""
+    import os
+
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return  # this OS does not say; MAX_TRIALS still bounds it
+    needed = trials * BYTES_PER_TRIAL
+    if needed > free // 2:
+        raise InputError(
+            f"{trials:,} Monte Carlo trials need about {needed / 2**30:.1f} GiB and this "
+            f"machine has {free / 2**30:.1f} GiB free: use fewer --trials"
+        )

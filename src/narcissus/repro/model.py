@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from narcissus.core.sockets import TcpSocket
+from narcissus.errors import InputError
 
 
 class Mode(str, Enum):
@@ -24,6 +25,15 @@ class ReproRequest:
     timeout: float = 60.0
     hold: float = 0.0
     command: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Every loop is bounded: in attempts, and in time (both finite)."""
+        if not 1 <= self.max_attempts <= 10_000_000:
+            raise InputError(f"max_attempts must be from 1 to 10,000,000, got {self.max_attempts}")
+        if not (0 < self.timeout <= 3600):
+            raise InputError(f"timeout must be more than 0 and at most 3600 s, got {self.timeout}")
+        if not (0 <= self.hold <= 3600):
+            raise InputError(f"hold must be from 0 to 3600 s, got {self.hold}")
 
 
 @dataclass(slots=True)

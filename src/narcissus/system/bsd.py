@@ -8,6 +8,7 @@ import sys
 from narcissus.core.ephemeral import EphemeralPorts
 from narcissus.core.namespaces import Netns
 from narcissus.core.os_settings import parse_sysctl_values
+from narcissus.core.oses import freebsd, openbsd
 from narcissus.core.ports import PortRange, PortSet
 from narcissus.system._portable import (
     BACKEND,
@@ -46,8 +47,8 @@ __all__ = [
 ]
 
 KEYS = {
-    "freebsd": ["net.inet.ip.portrange.first", "net.inet.ip.portrange.last"],
-    "openbsd": ["net.inet.ip.porthifirst", "net.inet.ip.porthilast"],
+    "freebsd": [freebsd.FIRST_KEY, freebsd.LAST_KEY],
+    "openbsd": [openbsd.FIRST_KEY, openbsd.LAST_KEY],
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from narcissus.core.ephemeral import EphemeralPorts
 from narcissus.core.namespaces import Netns
 from narcissus.core.os_settings import parse_sysctl_values
+from narcissus.core.oses import darwin
 from narcissus.core.ports import PortRange, PortSet
 from narcissus.system._portable import (
     BACKEND,
@@ -42,7 +43,7 @@ __all__ = [
     "write_reserved_ports",
 ]
 
-KEYS = ["net.inet.ip.portrange.first", "net.inet.ip.portrange.last"]
+KEYS = [darwin.FIRST_KEY, darwin.LAST_KEY]
 
 
 def read_settings(text: str) -> tuple[PortRange, PortSet]:

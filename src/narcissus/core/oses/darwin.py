@@ -3,15 +3,11 @@ kernel refuses an IPv4 self-connect itself (EINVAL in tcp_connect()), not an IPv
 
 from __future__ import annotations
 
-from narcissus.core.oses.facts import Fix, OsFacts, range_start_fix
-from narcissus.core.ports import PortRange, PortSet
+from narcissus.core.oses.facts import OsFacts, range_start_fix
+from narcissus.core.ports import PortRange
 
 FIRST_KEY = "net.inet.ip.portrange.first"
 LAST_KEY = "net.inet.ip.portrange.last"
-
-
-def fix(port_range: PortRange, reserved: PortSet, ports: PortSet) -> Fix:
-    return range_start_fix(FIRST_KEY, port_range, ports)
 
 
 FACTS = OsFacts(
@@ -23,6 +19,6 @@ FACTS = OsFacts(
     reserves_single_ports=False,
     sequential_allocator=True,
     ipv4_self_connect=False,
-    fix=fix,
+    fix=range_start_fix(FIRST_KEY),
     allocator_model=lambda _release: "macos",
 )

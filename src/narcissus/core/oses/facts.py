@@ -70,17 +70,21 @@ def move_below(port_range: PortRange) -> str:
     return f"or move the service to a port below {port_range.low}, outside the ephemeral range"
 
 
-def range_start_fix(key: str, port_range: PortRange, ports: PortSet) -> Fix:
+def range_start_fix(key: str) -> Callable[[PortRange, PortSet, PortSet], Fix]:
     """The fix where single ports cannot be reserved (macOS, the BSDs): move the start of the
-    range above the highest port to protect."""
-    top = max(ports, default=port_range.low)
-    new_first = min(top + 1, port_range.high)
-    return Fix(
-        ports=ports,
-        commands=(f"sysctl -w {key}={new_first}",),
-        persist_file="/etc/sysctl.conf",
-        persist_line=f"{key}={new_first}",
-        alternative=move_below(port_range)
-        + f" (this OS cannot reserve single ports; the command above shrinks the range to start "
-        f"at {new_first})",
-    )
+    range (sysctl `key`) above the highest port to protect."""
+
+    def fix(port_range: PortRange, reserved: PortSet, ports: PortSet) -> Fix:
+        top = max(ports, default=port_range.low)
+        new_first = min(top + 1, port_range.high)
+        return Fix(
+            ports=ports,
+            commands=(f"sysctl -w {key}={new_first}",),
+            persist_file="/etc/sysctl.conf",
+            persist_line=f"{key}={new_first}",
+            alternative=move_below(port_range)
+            + f" (this OS cannot reserve single ports; the command above shrinks the range to "
+            f"start at {new_first})",
+        )
+
+    return fix

@@ -3,15 +3,11 @@ after a busy second on <= 13; no way to reserve single ports."""
 
 from __future__ import annotations
 
-from narcissus.core.oses.facts import Fix, OsFacts, range_start_fix, release_version
-from narcissus.core.ports import PortRange, PortSet
+from narcissus.core.oses.facts import OsFacts, range_start_fix, release_version
+from narcissus.core.ports import PortRange
 
 FIRST_KEY = "net.inet.ip.portrange.first"
 LAST_KEY = "net.inet.ip.portrange.last"
-
-
-def fix(port_range: PortRange, reserved: PortSet, ports: PortSet) -> Fix:
-    return range_start_fix(FIRST_KEY, port_range, ports)
 
 
 def allocator_model(release: str) -> str:
@@ -27,6 +23,6 @@ FACTS = OsFacts(
     reserves_single_ports=False,
     sequential_allocator=False,
     ipv4_self_connect=True,
-    fix=fix,
+    fix=range_start_fix(FIRST_KEY),
     allocator_model=allocator_model,
 )

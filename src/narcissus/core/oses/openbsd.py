@@ -3,15 +3,11 @@ its allocator is not modelled."""
 
 from __future__ import annotations
 
-from narcissus.core.oses.facts import Fix, OsFacts, range_start_fix
-from narcissus.core.ports import PortRange, PortSet
+from narcissus.core.oses.facts import OsFacts, range_start_fix
+from narcissus.core.ports import PortRange
 
 FIRST_KEY = "net.inet.ip.porthifirst"
 LAST_KEY = "net.inet.ip.porthilast"
-
-
-def fix(port_range: PortRange, reserved: PortSet, ports: PortSet) -> Fix:
-    return range_start_fix(FIRST_KEY, port_range, ports)
 
 
 FACTS = OsFacts(
@@ -23,6 +19,6 @@ FACTS = OsFacts(
     reserves_single_ports=False,
     sequential_allocator=False,
     ipv4_self_connect=True,
-    fix=fix,
+    fix=range_start_fix(FIRST_KEY),
     allocator_model=lambda _release: None,
 )

@@ -9,6 +9,7 @@ lets the caller open what it needs, and always switches back.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -56,12 +57,65 @@ def resolve(spec: str) -> Netns:
         label = spec
         hint = f"no network namespace named {spec!r}: see `ip netns list` for the names there are"
     try:
-        inode = _inode(path)
+        info = os.stat(path)
     except PermissionError as exc:
         raise UnsupportedError(f"cannot open {path}: {exc.strerror}; run as root") from exc
     except OSError as exc:
         raise InputError(hint) from exc
-    return Netns(label, path, inode)
+    _check_network_namespace(spec, path, info)
+    return Netns(label, path, info.st_ino)
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+_NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: which kind of namespace it is (Linux >= 4.11)
+_NAMESPACE_KINDS = {
+    0x00020000: "a mount namespace",
+    0x02000000: "a cgroup namespace",
+    0x04000000: "a UTS namespace",
+    0x08000000: "an IPC namespace",
+    0x10000000: "a user namespace",
+    0x20000000: "a pid namespace",
+    0x00000080: "a time namespace",
+}
+
+
+def _check_network_namespace(spec: str, path: str, info: os.stat_result) -> None:
+    """`path` must be a network namespace: a directory, /dev/null, a FIFO, a regular file or
+    another kind of namespace would only fail later, inside setns(), with EINVAL. Opened only
+    once it is known to be a regular file (nsfs files look like empty ones), so a device or a
+    FIFO is never opened."""
+    import fcntl
+
+    what = f"--netns {spec!r}" + ("" if path == spec else f" ({path})")
+    if not stat.S_ISREG(info.st_mode):
+        kind = next(
+            (name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file"
+        )
+        raise InputError(f"{what} is {kind}, not a network namespace; see `ip netns list`")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except PermissionError as exc:
+        raise UnsupportedError(f"cannot open {path}: {exc.strerror}; run as root") from exc
+    except OSError as exc:
+        raise InputError(f"{what} cannot be opened: {exc.strerror}") from exc
+    try:
+        kind_flag = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+    except OSError:
+        kind_flag = -1  # not an nsfs file at all
+    finally:
+        os.close(fd)
+    if kind_flag != CLONE_NEWNET:
+        kind = _NAMESPACE_KINDS.get(kind_flag, "an ordinary file")
+        raise InputError(
+            f"{what} is {kind}, not a network namespace: give a name from `ip netns list`, "
+            "a process id, or a /proc/PID/ns/net path"
+        )
 
 
 def of_process(pid: int) -> Netns | None:
@@ -198,6 +252,10 @@ def entered(netns: Netns | None) -> Iterator[None]:
         except PermissionError as exc:
             raise UnsupportedError(
                 f"entering network namespace {netns.label} needs root (CAP_SYS_ADMIN)"
+            ) from exc
+        except OSError as exc:
+            raise InputError(
+                f"cannot enter network namespace {netns.label}: {exc.strerror}"
             ) from exc
         finally:
             os.close(target)
