@@ -83,7 +83,8 @@ CASES: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
     (("lint", "--os", "plan9", "."), 2, ("plan9",)),
     (("lint", "--os", "", "."), 2, ("--os",)),
     # reserve
-    (("reserve",), 2, ("the following arguments are required",)),
+    (("reserve",), 2, ("give ports to reserve", "--from FILE")),
+    (("reserve", "--from", "/nonexistent/kube-apiserver.yaml"), 2, ("cannot read",)),
     (("reserve", "0"), 2, ("1 to 65535",)),
     (("reserve", "70000"), 2, ("1 to 65535",)),
     (("reserve", "abc"), 2, ("'abc'",)),
@@ -117,6 +118,9 @@ CASES: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
     (("odds", "--range", "50000-40000"), 2, ("starts after it ends",)),
     (("odds", "--reserved", "1-x"), 2, ("--reserved",)),
     (("odds", "--plot", "odds.txt"), 2, ("PNG",)),
+    (("odds", "--fleet", "0"), 2, ("--fleet", "from 1")),
+    (("odds", "--fleet", "10", "--retrying", "31d"), 2, ("--retrying",)),
+    (("odds", "--retrying", "5m"), 2, ("--fleet HOSTS",)),
     # watch
     (("watch", "--duration", "0"), 2, ("--duration", "more than 0")),
     (("watch", "--duration", "nan"), 2, ("--duration",)),
@@ -147,6 +151,9 @@ CASES: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
     (("exporter", "--listen", "::1:9469"), 2, ("--listen", "brackets")),
     (("exporter", "--interval", "0"), 2, ("--interval",)),
     (("exporter", "--backend", "ftrace", "--interval", "5s"), 2, ("--interval", "ftrace")),
+    (("exporter", "--interval", "1ms"), 2, ("--interval", "10ms to 1h")),
+    (("exporter", "--textfile", "/nonexistent/dir"), 2, ("is not a directory",)),
+    (("exporter", "--once"), 2, ("needs --textfile",)),
 ]
 
 

@@ -89,10 +89,38 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
         (("--clients", "0"), "--clients takes a whole number from 1"),
         (("--other-cps", "-3"), "connects per second"),
         (("--plot", "odds.txt"), "PNG"),
+        (("--fleet", "0"), "from 1"),
+        (("--retrying", "5m"), "give --fleet HOSTS"),
+        (("--fleet", "10", "--retrying", "31d"), "at most 30d"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: tuple[str, ...], fragment: str) -> None:
     assert_one_line_error(run_cli("odds", *args), fragment)
+
+
+def test_fleet_answers_in_json_and_text() -> None:
+    args = ("--port", "40100", "--os", "windows", *SMALL, "--fleet", "2000")
+    args += ("--clients-per-host", "4", "--retrying", "50s")
+    status, report = odds_json(*args)
+    assert status == 1
+    fleet = report["fleet"]
+    assert isinstance(fleet, dict)
+    # 4 clients every 200 ms for 50 s: 1,000 attempts, one full lap of the 1,000-port ring.
+    assert fleet["hosts"] == 2000 and fleet["clients_per_host"] == 4
+    assert fleet["per_host_per_month"] == pytest.approx(1.0)
+    assert fleet["per_month"] == pytest.approx(2000.0)
+    assert fleet["per_day"] == pytest.approx(2000.0 / 30)
+    assert fleet["p_host_per_month"] == pytest.approx(1.0)
+    assert fleet["hosts_hit_per_month"] == pytest.approx(2000.0)
+    assert report["clients"] == 4
+    text = run_cli("odds", *args)
+    assert text.returncode == 1
+    assert "fleet: 2,000 hosts, 4 clients each retrying port 40100 every 200ms, 50s a month" in (
+        text.stdout
+    )
+    assert "windows: 2e+03 self-connects a month across the fleet (66.7 a day)" in text.stdout
+    status, plain = odds_json("--port", "40100", "--os", "windows", *SMALL)
+    assert "fleet" not in plain
 
 
 WITHOUT_NUMPY = """

@@ -120,7 +120,7 @@ def test_other_oses_get_the_equivalent_command() -> None:
         (("50010-50000",), "starts after it ends"),
         (("fifty",), "got 'fifty'"),
         (("--os", "plan9", "50000"), "unknown OS 'plan9'"),
-        ((), "required: PORT|LOW-HIGH"),
+        ((), "give ports to reserve"),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(args: tuple[str, ...], fragment: str) -> None:

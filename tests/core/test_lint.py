@@ -80,7 +80,8 @@ def test_a_port_range_is_one_finding_spanning_both_ends() -> None:
     assert (finding.port, finding.last) == (30000, 40000)
     assert finding.message.startswith("ports 30000-40000 (key ports) are inside")
     assert finding.end_column - finding.column == len("30000-40000")
-    assert finding.fix.endswith("narcissus reserve 30000-40000")
+    assert finding.fix.startswith("reserve exactly this range on every host or node")
+    assert "narcissus reserve 30000-40000 (or narcissus reserve --from c.yml)" in finding.fix
 
 
 def test_columns_count_characters_not_bytes() -> None:
@@ -185,3 +186,51 @@ def test_which_names_mean_a_port(name: str, is_port: bool) -> None:
 def test_which_values_hold_a_port(value: str, ports: list[object]) -> None:
     got = [port if last is None else (port, last) for _o, port, last in ports_in_port_value(value)]
     assert got == ports
+
+
+def test_kube_apiserver_node_port_range_in_every_form() -> None:
+    """The flag in a manifest's command (one item or two), kubeadm's v1beta3 map and v1beta4
+    list forms: one finding spanning the range, Linux's range only (Windows' starts higher)."""
+    linux_only = targets_for(["linux", "windows"])
+    texts = {
+        "one item": "command:\n  - kube-apiserver\n  - --service-node-port-range=30000-40000\n",
+        "two items": "args:\n  - --service-node-port-range\n  - 30000-40000\n",
+        "v1beta3": "kind: ClusterConfiguration\napiServer:\n  extraArgs:\n"
+        "    service-node-port-range: 30000-40000\n",
+        "v1beta4": "kind: ClusterConfiguration\napiServer:\n  extraArgs:\n"
+        "    - name: service-node-port-range\n      value: 30000-40000\n",
+        "shell": "kube-apiserver --service-node-port-range 30000-40000 --secure-port 6443\n",
+    }
+    for form, text in texts.items():
+        name = "kube-apiserver.sh" if form == "shell" else "kube-apiserver.yaml"
+        findings = lint_text(name, text, linux_only).findings
+        assert [(f.port, f.last) for f in findings] == [(30000, 40000)], form
+        assert [t.os for t in findings[0].ranges] == ["linux"], form
+        assert "narcissus reserve 30000-40000" in findings[0].fix
+    default = "command:\n  - --service-node-port-range=30000-32767\n"
+    assert lint_text("kube-apiserver.yaml", default, TARGETS).findings == []
+
+
+def test_kubernetes_component_settings_that_are_not_ports() -> None:
+    proxy = (
+        "kind: KubeProxyConfiguration\nnodePortAddresses: ['40000::/16', 10.0.0.0/8]\n"
+        "metricsBindAddress: 127.0.0.1:50000\n"
+    )
+    findings = lint_text("kube-proxy.yaml", proxy, TARGETS).findings
+    assert [(f.port, f.kind, f.what) for f in findings] == [
+        (50000, "kubernetes", "kube-proxy metricsBindAddress")
+    ]
+    assert not is_port_name("nodePortAddresses") and not is_port_name("--nodeport-addresses")
+    assert is_port_name("service-node-port-range") and is_port_name("readOnlyPort")
+    pools = '{"default-address-pools": [{"base": "10.40.0.0/16", "size": 40000}]}'
+    assert lint_text("daemon.json", pools, TARGETS).findings == []
+
+
+def test_a_published_compose_range_is_one_finding_with_the_reserve_fix() -> None:
+    compose = 'services:\n  sip:\n    ports:\n      - "40000-40100:40000-40100"\n'
+    [finding] = lint_text("compose.yaml", compose, TARGETS).findings
+    assert (finding.port, finding.last, finding.kind) == (40000, 40100, "compose")
+    assert (finding.line, finding.column) == (4, 10)
+    assert "narcissus reserve 40000-40100 (or narcissus reserve --from compose.yaml)" in (
+        finding.fix
+    )

@@ -208,3 +208,41 @@ def test_bad_input_is_an_input_error() -> None:
         odds("linux", 70000)
     with pytest.raises(InputError, match="unknown model"):
         odds("plan9", 40100)
+
+
+def test_a_fleet_multiplies_the_hosts_and_keeps_their_odds() -> None:
+    """freebsd (independent random draws over 1,000 ports): every number has a closed form."""
+    one = odds("freebsd", 40100, interval=1.0, clients=2, retrying=600.0)
+    fleet = odds("freebsd", 40100, interval=1.0, clients=2, retrying=600.0, hosts=5000).fleet
+    attempts = 600.0 / 0.5  # 2 clients every second, for 10 minutes
+    p = one.per_attempt
+    assert p == pytest.approx(1 / 1000, rel=0.01)
+    assert one.fleet.per_month == pytest.approx(attempts * p)
+    assert fleet.per_month == pytest.approx(5000 * attempts * p)
+    assert fleet.per_day == pytest.approx(fleet.per_month / 30)
+    p_host = 1 - (1 - p) ** attempts
+    assert fleet.p_host == pytest.approx(p_host)
+    assert fleet.hosts_hit == pytest.approx(5000 * p_host)
+    assert fleet.p_any == pytest.approx(1 - (1 - p_host) ** 5000)
+    # Retrying all month (the default) on one host: the per-day rate times 30.
+    whole = odds("freebsd", 40100, interval=1.0)
+    assert whole.fleet.per_month == pytest.approx(whole.per_day * 30)
+
+
+def test_a_fleet_on_a_sweep_hits_each_host_at_most_once_a_lap() -> None:
+    fleet = odds("windows", 40100, interval=0.2, retrying=100.0, hosts=1000).fleet
+    # 500 attempts over a 1,000-port lap: half the hosts, one self-connect each.
+    assert fleet.p_host == pytest.approx(0.5)
+    assert fleet.per_month == pytest.approx(500.0)
+    assert fleet.hosts_hit == pytest.approx(500.0)
+    safe = odds("windows", 30000, hosts=1000).fleet  # outside the range
+    assert safe.per_month == 0 and safe.p_any == 0 and safe.hosts_hit == 0
+
+
+@pytest.mark.parametrize(
+    ("asked", "fragment"),
+    [({"hosts": 0}, "at least 1 host"), ({"retrying": 31 * 86400.0}, "at most a month")],
+)
+def test_bad_fleet_questions_are_input_errors(asked: dict[str, object], fragment: str) -> None:
+    with pytest.raises(InputError, match=fragment):
+        odds("windows", 40100, **asked)

@@ -168,3 +168,27 @@ def test_psutil_backend_finds_the_same_sockets() -> None:
         if IS_ROOT:
             assert ports[live].owners[0].pid == planted.pid
         assert not set(planted.ports("pair4")) & set(ports)
+
+
+@needs_root
+def test_a_namespace_deleted_between_listing_and_scanning_is_skipped(netns: PrivateNetns) -> None:
+    """`scan --every` on a busy host: a namespace listed, then deleted before its turn (what
+    containers starting and stopping do on a Kubernetes node) is skipped, not an error; one
+    named by the user that vanished still is."""
+    import subprocess
+
+    from narcissus import system
+    from narcissus.diagnose.scan import scan_listed
+    from narcissus.errors import InputError
+    from tests.support import private_netns
+
+    with private_netns() as doomed, plant("self4", netns=netns) as planted:
+        listed = system.namespaces(every=True)
+        assert doomed.name in [namespace.label for namespace in listed]
+        subprocess.run(["ip", "netns", "del", doomed.name], check=True)
+        reports = scan_listed(listed, listed=True)
+        assert doomed.name not in [report.netns for report in reports]
+        assert matching(reports, planted.ports("self4")[0])  # the others were still scanned
+        gone = next(namespace for namespace in listed if namespace.label == doomed.name)
+        with pytest.raises(InputError, match="no longer exists"):
+            scan_listed([gone])

@@ -102,8 +102,9 @@ def add_json_option(
     parser.add_argument("--json", dest="as_json", action="store_true", help=help_text)
 
 
-def add_backend_options(parser: argparse.ArgumentParser) -> None:
-    """--backend and --interval: how self-connects are caught (`diagnose.watch.Watcher`)."""
+def add_backend_options(parser: argparse.ArgumentParser, *, interval: bool = True) -> None:
+    """--backend and --interval: how self-connects are caught (`diagnose.watch.Watcher`);
+    `interval=False` leaves --interval to the command (the exporter gives it a wider sense)."""
     from narcissus.diagnose.watch import AUTO, BACKENDS, DEFAULT_INTERVAL
 
     parser.add_argument(
@@ -113,6 +114,8 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
         help="how self-connects are caught: ftrace (Linux, root: every one), poll (the socket "
         "table: may miss short-lived ones), or auto: ftrace when it can run (default: auto)",
     )
+    if not interval:
+        return
     parser.add_argument(
         "--interval",
         type=duration_arg("--interval", minimum=0.01, maximum=3600.0),

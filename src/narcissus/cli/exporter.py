@@ -1,4 +1,5 @@
-"""`narcissus exporter`: serve Prometheus metrics about self-connects."""
+"""`narcissus exporter`: serve Prometheus metrics about self-connects, or write them for
+node_exporter's textfile collector."""
 
 from __future__ import annotations
 
@@ -15,17 +16,22 @@ from narcissus.cli._common import (
     add_backend_options,
     add_json_option,
     backend_choice,
+    duration_arg,
     stop_on_terminate,
 )
+from narcissus.core.durations import format_duration
 from narcissus.core.ports import parse_host_port
 from narcissus.errors import InputError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from narcissus.fleet.exporter import MetricsExporter
+    from narcissus.fleet.exporter import MetricsExporter, TextfileExporter
+
+POLL_MIN, POLL_MAX = 0.01, 3600.0  # --interval as the poll period (as `narcissus watch`)
 
 DESCRIPTION = """\
-Serve Prometheus metrics at http://HOST:PORT/metrics (loopback, port 9469 by default):
+Serve Prometheus metrics at http://HOST:PORT/metrics (loopback, port 9469 by default), or with
+--textfile DIR write them to DIR/narcissus.prom for node_exporter's textfile collector:
 
   narcissus_self_connected_sockets            self-connected TCP sockets right now
   narcissus_self_connect_time_wait_sockets    TIME_WAIT remnants of closed ones
@@ -37,11 +43,24 @@ Serve Prometheus metrics at http://HOST:PORT/metrics (loopback, port 9469 by def
   narcissus_detection_backend_info            ftrace (root, Linux) or poll
 
 Sockets and settings are read at scrape time, in this network namespace; events come from a
-background watch (as `narcissus watch`). deploy/ in the source tree has alert rules and a
-systemd unit. Ctrl-C or SIGTERM stops it.
+background watch (as `narcissus watch`). deploy/ in the source tree has alert rules, a Grafana
+dashboard, systemd units and Kubernetes manifests. Ctrl-C or SIGTERM stops it.
 
-exit status: 0 stopped by SIGTERM, 2 bad input (e.g. --listen), 3 the backend asked for cannot
-run here or prometheus_client is missing, 130 interrupted (Ctrl-C).
+--textfile DIR rewrites DIR/narcissus.prom every --interval (default 1m) with the same metrics
+(no process_* ones: node_exporter has its own), atomically: a temporary file in DIR, fsync,
+rename; nothing else is left in DIR, whatever stops it. With --once it writes the file once and
+exits; no watch runs then, so the event metrics (narcissus_self_connect_events_total,
+narcissus_detection_*) are left out and the TIME_WAIT gauge shows self-connects that closed
+within the last minute.
+
+examples:
+  narcissus exporter --listen 0.0.0.0:9469
+  narcissus exporter --textfile /var/lib/prometheus/node-exporter --interval 1m
+  narcissus exporter --textfile /var/lib/prometheus/node-exporter --once
+
+exit status: 0 stopped by SIGTERM (or --once wrote the file), 2 bad input (e.g. --listen,
+--textfile not a directory), 3 the backend asked for cannot run here, the file cannot be
+written, or prometheus_client is missing, 130 interrupted (Ctrl-C).
 """
 
 
@@ -57,13 +76,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
         type=listen_arg,
-        default="127.0.0.1:9469",  # parsed by listen_arg, as if typed
+        default=None,
         metavar="HOST:PORT",
         help="where to serve /metrics (default: 127.0.0.1:9469; [::1]:9469 for IPv6, "
         "0.0.0.0:9469 for every interface, port 0 for a free port outside the ephemeral range)",
     )
-    add_backend_options(parser)
-    add_json_option(parser, "print one JSON line when ready (the URL, the backend)")
+    parser.add_argument(
+        "--textfile",
+        metavar="DIR",
+        help="write DIR/narcissus.prom for node_exporter's textfile collector instead of "
+        "serving HTTP (DIR is node_exporter's --collector.textfile.directory)",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="with --textfile: write the file once and exit (for a systemd timer or cron)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=duration_arg("--interval", minimum=0.001, maximum=86400.0),
+        default=None,
+        metavar="DURATION",
+        help="with --textfile: time between two writes, 1ms to 1d (default 1m); otherwise: "
+        "time between two polls of the socket table, poll backend only, 10ms to 1h (default "
+        "1s). Takes 500ms, 30s, 1m, or a number of seconds",
+    )
+    add_backend_options(parser, interval=False)
+    add_json_option(parser, "print one JSON line when ready (the URL or file, the backend)")
 
 
 def _is_loopback(host: str) -> bool:
@@ -76,9 +115,20 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(options: argparse.Namespace) -> int:
-    from narcissus.fleet.exporter import MetricsExporter
+    if options.textfile is not None:
+        if options.listen is not None:
+            raise InputError("--listen serves HTTP and --textfile writes a file: give one")
+        return _run_textfile(options)
+    if options.once:
+        raise InputError("--once writes the file once: it needs --textfile DIR")
+    from narcissus.fleet.exporter import DEFAULT_HOST, DEFAULT_PORT, MetricsExporter
 
-    host, port = options.listen
+    host, port = options.listen or (DEFAULT_HOST, DEFAULT_PORT)
+    if options.interval is not None and not POLL_MIN <= options.interval <= POLL_MAX:
+        raise InputError(
+            "--interval takes from 10ms to 1h between two polls (1ms to 1d is for --textfile "
+            f"writes), got {format_duration(options.interval)}"
+        )
     backend, interval = backend_choice(options)
     exporter = MetricsExporter(host, port, backend=backend, interval=interval)
     idle = threading.Event()  # never set: the main thread sleeps here until a signal
@@ -92,6 +142,59 @@ def run(options: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_textfile(options: argparse.Namespace) -> int:
+    from narcissus.fleet.exporter import TEXTFILE_INTERVAL, TextfileExporter
+
+    every = options.interval or TEXTFILE_INTERVAL
+    exporter = TextfileExporter(options.textfile, backend=options.backend, watch=not options.once)
+    if options.once:  # SIGTERM interrupts like Ctrl-C here (exit 130); nothing is left behind
+        with exporter:
+            size = exporter.write()
+        _announce_written(exporter, size, options.as_json)
+        return EXIT_OK
+    idle = threading.Event()  # never set: waits between writes end early only on a signal
+    try:
+        with stop_on_terminate(), exporter:
+            exporter.write()
+            _announce_textfile(exporter, every, options.as_json)
+            while not idle.wait(every):
+                exporter.write()
+    except Terminated:
+        exporter.stop()
+    return EXIT_OK
+
+
+def _announce_written(exporter: TextfileExporter, size: int, as_json: bool) -> None:
+    if as_json:
+        written = {"event": "written", "path": exporter.path, "bytes": size}
+        sys.stdout.write(json.dumps(written) + "\n")
+        sys.stdout.flush()
+        return
+    sys.stderr.write(f"narcissus exporter: wrote {exporter.path} ({size} bytes)\n")
+
+
+def _announce_textfile(exporter: TextfileExporter, every: float, as_json: bool) -> None:
+    if as_json:
+        ready = {
+            "event": "ready",
+            "path": exporter.path,
+            "interval_seconds": every,
+            "backend": exporter.backend,
+            "pid": os.getpid(),
+            "notes": list(exporter.notes),
+        }
+        sys.stdout.write(json.dumps(ready) + "\n")
+        sys.stdout.flush()
+        return
+    sys.stderr.write(
+        f"narcissus exporter: writing {exporter.path} every {format_duration(every)} "
+        f"(self-connect events from {exporter.backend}); ready\n"
+    )
+    for note in exporter.notes:
+        sys.stderr.write(f"  note: {note}\n")
+    sys.stderr.flush()
+
+
 def _announce_ready(exporter: MetricsExporter, as_json: bool) -> None:
     exposed = not _is_loopback(exporter.host)
     if as_json:
@@ -100,7 +203,7 @@ def _announce_ready(exporter: MetricsExporter, as_json: bool) -> None:
             "url": exporter.url,
             "address": exporter.host,
             "port": exporter.port,
-            "backend": exporter.watcher.backend,
+            "backend": exporter.backend,
             "pid": os.getpid(),
             "notes": list(exporter.notes),
         }
@@ -109,7 +212,7 @@ def _announce_ready(exporter: MetricsExporter, as_json: bool) -> None:
         return
     sys.stderr.write(
         f"narcissus exporter: serving {exporter.url} (self-connect events from "
-        f"{exporter.watcher.backend}); ready\n"
+        f"{exporter.backend}); ready\n"
     )
     for note in exporter.notes:
         sys.stderr.write(f"  note: {note}\n")

@@ -22,13 +22,20 @@ ephemeral port range, where a client retrying while nothing listens can be hande
 its own source port and connect to itself.
 
 Reads (never runs): redis.conf and sentinel.conf, docker-compose files (the host side of
-ports:), Kubernetes manifests (containerPort, hostPort, nodePort, port, targetPort), systemd
-socket units, nginx listen and upstream servers, keys that name a port in .env, INI, TOML, YAML
-and JSON files, URLs and addresses with a port in any text (redis://cache:50000), command-line
-options (--port 50000, -p 50000:6379), and Python source (port= keywords, (host, port) pairs,
-assignments, defaults). Numbers that are not ports (timeouts, sizes, counts) are not reported.
+ports:, ranges included), Kubernetes manifests (containerPort, hostPort, nodePort, port,
+targetPort), kube-apiserver's --service-node-port-range (static pod manifests, kubeadm
+ClusterConfiguration extraArgs in the map and the v1beta4 name/value forms), KubeletConfiguration
+(port, readOnlyPort, healthzPort), KubeProxyConfiguration (healthzBindAddress,
+metricsBindAddress; nodePortAddresses are CIDRs, not ports), Docker's daemon.json (hosts,
+metrics-addr; default-address-pools are subnets, not ports), systemd socket units, nginx
+listen and upstream servers, keys that name a port in .env, INI, TOML, YAML and JSON files, URLs
+and addresses with a port in any text (redis://cache:50000), command-line options (--port 50000,
+-p 50000:6379), and Python source (port= keywords, (host, port) pairs, assignments, defaults).
+Numbers that are not ports (timeouts, sizes, counts) are not reported.
 Binary files, files over 2 MiB, symlink loops and VCS, virtualenv and cache directories are
-skipped. A line containing "narcissus: ignore" is not reported.
+skipped. A line containing "narcissus: ignore" is not reported. A range of ports (NodePorts,
+published ranges) is one finding spanning it, whose fix is to reserve exactly that range on
+every node: `narcissus reserve --from FILE` reads it from the same file.
 
 Notes (not warnings: they leave the exit status alone): a port from 1024 up, outside every
 range, that IANA's registry or this host's services database gives to a service the file does

@@ -19,7 +19,7 @@ from narcissus.cli._common import (
 )
 from narcissus.core.allocators import MODELS
 from narcissus.core.durations import format_duration
-from narcissus.core.odds import Question
+from narcissus.core.odds import DAYS_PER_MONTH, SECONDS_PER_MONTH, Question
 from narcissus.core.ports import parse_port_list, parse_port_range
 from narcissus.errors import InputError
 from narcissus.quantify.odds import (
@@ -31,6 +31,7 @@ from narcissus.quantify.odds import (
 )
 
 MAX_CLIENTS = 1_000_000
+MAX_HOSTS = 100_000_000
 MAX_OTHER_CPS = 1e9
 MAX_HORIZON = 3650 * 86400.0  # ten years
 
@@ -46,6 +47,16 @@ The model, range and reserved ports default to this host's. Models:
 {", ".join(MODELS)}.
 Durations take us, ms, s, m, h or d (200ms, 1.5s, 1d); a tight retry loop is about
 --interval 30us (one refused loopback connect).
+
+Across a fleet (--fleet HOSTS, with --clients-per-host N): how many self-connects a month
+across HOSTS hosts alike, with the same models: each host's clients retry the port for
+--retrying a month (default: the whole month, as if the server never came back; an outage of
+10 s a day is --retrying 5m), hosts are independent. Also the chance of at least one in the
+fleet within the month and how many hosts that hits.
+
+examples:
+  narcissus odds --port 50000 --interval 200ms
+  narcissus odds --fleet 2000 --clients-per-host 4 --port 45000 --retrying 5m --os linux
 
 exit status: 0 the port cannot be hit within the horizon, 1 it can, 2 bad input,
 3 a Monte Carlo is needed but numpy is missing.
@@ -123,10 +134,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--clients",
+        "--clients-per-host",
+        dest="clients",
         type=count_arg("--clients", maximum=MAX_CLIENTS),
         default=1,
         metavar="N",
-        help="clients on this host retrying the same port at once (default: 1)",
+        help="clients on a host retrying the same port at once (default: 1)",
+    )
+    parser.add_argument(
+        "--fleet",
+        dest="hosts",
+        type=count_arg("--fleet", maximum=MAX_HOSTS),
+        metavar="HOSTS",
+        help="answer for HOSTS hosts alike too: self-connects a month across them",
+    )
+    parser.add_argument(
+        "--retrying",
+        type=duration_arg("--retrying", maximum=SECONDS_PER_MONTH),
+        metavar="DURATION",
+        help="with --fleet: how long a month each host's clients retry the port, e.g. the "
+        "server's downtime (default: the whole month, 30d)",
     )
     parser.add_argument(
         "--other-cps",
@@ -172,6 +199,8 @@ def run(options: argparse.Namespace) -> int:
         raise InputError(
             f"--plot writes a PNG: give a file name ending in .png, not {options.plot}"
         )
+    if options.retrying is not None and options.hosts is None:
+        raise InputError("--retrying describes a fleet: give --fleet HOSTS too")
     models: list[str | None] = list(dict.fromkeys(options.models or [None]))
     question = Question(
         port=options.port,
@@ -182,6 +211,8 @@ def run(options: argparse.Namespace) -> int:
         reserved=options.reserved,
         other_cps=options.other_cps,
         ipv6=options.ipv6,
+        hosts=options.hosts or 1,
+        retrying=options.retrying,
     )
     estimates: list[Estimate] = []
     for model in models:
@@ -190,11 +221,12 @@ def run(options: argparse.Namespace) -> int:
         estimates.append(result)
     if options.plot:
         plot(estimates, options.plot)
+    fleet = options.hosts is not None
     if options.as_json:
-        first = estimate_json(estimates[0])
-        emit_json({**first, "estimates": [estimate_json(e) for e in estimates]})
+        first = estimate_json(estimates[0], fleet=fleet)
+        emit_json({**first, "estimates": [estimate_json(e, fleet=fleet) for e in estimates]})
     else:
-        _render(estimates, options.plot)
+        _render(estimates, options.plot, fleet=fleet)
     return EXIT_FOUND if any(e.p_within_horizon > 0 for e in estimates) else EXIT_OK
 
 
@@ -224,8 +256,25 @@ def _pair(pair: tuple[float, float] | None) -> list[float] | None:
     return None if pair is None else [pair[0], pair[1]]
 
 
-def estimate_json(result: Estimate) -> dict[str, Any]:
+def fleet_json(result: Estimate) -> dict[str, Any]:
+    fleet = result.fleet
+    return {
+        "hosts": fleet.hosts,
+        "clients_per_host": result.scenario.clients,
+        "retrying_seconds_per_month": fleet.retrying,
+        "days_per_month": DAYS_PER_MONTH,
+        "per_month": fleet.per_month,
+        "per_day": fleet.per_day,
+        "per_host_per_month": fleet.per_host,
+        "p_host_per_month": fleet.p_host,
+        "p_any_per_month": fleet.p_any,
+        "hosts_hit_per_month": fleet.hosts_hit,
+    }
+
+
+def estimate_json(result: Estimate, *, fleet: bool = False) -> dict[str, Any]:
     scenario = result.scenario
+    extra = {"fleet": fleet_json(result)} if fleet else {}
     return {
         "model": scenario.model.name,
         "model_label": scenario.model.label,
@@ -255,6 +304,7 @@ def estimate_json(result: Estimate) -> dict[str, Any]:
         "p99_seconds": _number(result.p99_seconds),
         "per_day": result.per_day,
         "advice": result.advice,
+        **extra,
     }
 
 
@@ -275,7 +325,27 @@ def _count(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:,.0f}"
 
 
-def _render(estimates: list[Estimate], plot_file: str | None) -> None:
+def _render_fleet(out: Any, estimates: list[Estimate]) -> None:
+    first = estimates[0]
+    fleet = first.fleet
+    whole = fleet.retrying >= SECONDS_PER_MONTH
+    when = "all month" if whole else f"{format_duration(fleet.retrying)} a month"
+    clients = "1 client" if first.scenario.clients == 1 else f"{first.scenario.clients} clients"
+    out.print(
+        f"\n[bold]fleet[/]: {fleet.hosts:,} hosts, {clients} each retrying port "
+        f"{first.scenario.port} every {format_duration(first.scenario.interval)}, {when}"
+    )
+    for result in estimates:
+        answer = result.fleet
+        out.print(
+            f"  {result.scenario.model.name}: {answer.per_month:,.3g} self-connects a month "
+            f"across the fleet ({answer.per_day:,.3g} a day); P(at least one a month) "
+            f"{_percent(answer.p_any)}; hosts hit a month {answer.hosts_hit:,.3g}",
+            markup=False,
+        )
+
+
+def _render(estimates: list[Estimate], plot_file: str | None, *, fleet: bool = False) -> None:
     from rich.table import Table
 
     out = console()
@@ -305,6 +375,8 @@ def _render(estimates: list[Estimate], plot_file: str | None) -> None:
     out.print(table)
     for result in estimates:
         _render_details(out, result)
+    if fleet:
+        _render_fleet(out, estimates)
     if plot_file:
         out.print(f"\nplot written to {plot_file}", markup=False)
 

@@ -6,12 +6,18 @@ import argparse
 from typing import Any
 
 from narcissus.cli import EXIT_OK
-from narcissus.cli._common import add_json_option, argument_type, emit_json
+from narcissus.cli._common import add_json_option, argument_type, console, emit_json
 from narcissus.core.oses import os_facts, parse_os_name
 from narcissus.core.oses.linux import RESERVED_KEY as LINUX_RESERVED_KEY
 from narcissus.core.oses.linux import SYSCTL_D_FILE
 from narcissus.core.ports import PortRange, parse_port_range
-from narcissus.prevent.reserve import ReserveResult, reserve_ports
+from narcissus.errors import InputError
+from narcissus.prevent.reserve import (
+    PortsFromFiles,
+    ReserveResult,
+    ports_from_files,
+    reserve_ports,
+)
 
 DESCRIPTION = f"""\
 Reserve ports so that no unbound connect() is ever handed them as its source port: a server
@@ -30,12 +36,22 @@ EADDRNOTAVAIL once those are in use): reserve the ports servers listen on, not t
 Other OSes, or --os: prints the equivalent commands to run there (Windows: netsh int ipv4 add
 excludedportrange; macOS and the BSDs can only move the start of the range).
 
+--from FILE reads the ports from configuration files with the rules of `narcissus lint`:
+kube-apiserver's --service-node-port-range (a static pod manifest such as
+/etc/kubernetes/manifests/kube-apiserver.yaml, or a kubeadm ClusterConfiguration), kubelet and
+kube-proxy configuration ports, docker-compose published ports and ranges, and every other port
+lint knows. It reserves those inside this host's ephemeral range (with --os: that OS's default
+range), each range whole. A file that names none is not an error: nothing is reserved.
+
 examples:
   narcissus reserve 50000 6379 40000-40100
   narcissus reserve --persist --dry-run 50000
   narcissus reserve --os windows 50000
+  narcissus reserve --persist --from /etc/kubernetes/manifests/kube-apiserver.yaml
+  narcissus reserve --dry-run --from docker-compose.yml
 
-exit status: 0 done, 2 bad input or a reservation refused, 3 not permitted here (not root).
+exit status: 0 done (or nothing to reserve), 2 bad input or a reservation refused, 3 not
+permitted here (not root).
 """
 
 
@@ -46,10 +62,19 @@ def _port_range(text: str) -> PortRange:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "ports",
-        nargs="+",
+        nargs="*",
         type=argument_type(_port_range),
         metavar="PORT|LOW-HIGH",
-        help="ports to reserve: 50000, or a range such as 40000-40100",
+        help="ports to reserve: 50000, or a range such as 40000-40100 (or give --from)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="from_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also reserve the ports and ranges this configuration file (or directory) gives "
+        "servers, read as `narcissus lint` reads it (repeatable)",
     )
     parser.add_argument(
         "--persist",
@@ -82,8 +107,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(options: argparse.Namespace) -> int:
+    if not options.ports and not options.from_files:
+        raise InputError("give ports to reserve (50000, 40000-40100) or --from FILE")
+    found = None
+    ports: list[PortRange] = list(options.ports)
+    if options.from_files:
+        found = ports_from_files(options.from_files, os_name=options.os_name)
+        ports += found.ports.ranges
+    if not ports:
+        assert found is not None
+        _nothing_found(options, found)
+        return EXIT_OK
     result = reserve_ports(
-        options.ports,
+        ports,
         persist=options.persist or options.sysctl_file is not None,
         sysctl_file=options.sysctl_file or SYSCTL_D_FILE,
         dry_run=options.dry_run,
@@ -91,10 +127,47 @@ def run(options: argparse.Namespace) -> int:
         os_name=options.os_name,
     )
     if options.as_json:
-        emit_json(reserve_json(result))
+        emit_json({**reserve_json(result), "from": from_json(found)})
     else:
+        if found is not None:
+            _render_found(found)
         _render(result)
     return EXIT_OK
+
+
+def from_json(found: PortsFromFiles | None) -> list[dict[str, Any]]:
+    """Where --from found each port (empty without --from)."""
+    if found is None:
+        return []
+    return [
+        {
+            "path": finding.path,
+            "line": finding.line,
+            "port": finding.port,
+            "last_port": finding.last,
+            "what": finding.what,
+        }
+        for finding in found.findings
+    ]
+
+
+def _nothing_found(options: argparse.Namespace, found: PortsFromFiles) -> None:
+    files = ", ".join(options.from_files)
+    message = (
+        f"{files}: no port inside the ephemeral range {found.target.range} "
+        f"({os_facts(found.target.os).label}): nothing to reserve"
+    )
+    if options.as_json:
+        emit_json({"requested": "", "applied": False, "message": message, "from": []})
+    else:
+        console().print(message, markup=False)
+
+
+def _render_found(found: PortsFromFiles) -> None:
+    out = console()
+    for finding in found.findings:
+        ports = str(PortRange(finding.port, finding.last or finding.port))
+        out.print(f"{finding.path}:{finding.line}: {ports} ({finding.what})", markup=False)
 
 
 def reserve_json(result: ReserveResult) -> dict[str, Any]:
@@ -122,8 +195,6 @@ def reserve_json(result: ReserveResult) -> dict[str, Any]:
 
 
 def _render(result: ReserveResult) -> None:
-    from narcissus.cli._common import console
-
     out = console()
     reservation = result.reservation
     label = os_facts(result.os).label

@@ -37,6 +37,8 @@ from narcissus.core.oses import os_facts
 from narcissus.core.ports import PortRange, PortSet
 
 SECONDS_PER_DAY = 86400.0
+DAYS_PER_MONTH = 30
+SECONDS_PER_MONTH = DAYS_PER_MONTH * SECONDS_PER_DAY
 Z99 = 2.5758293035489  # two-sided 99% normal quantile: the intervals narcissus prints
 
 
@@ -57,7 +59,10 @@ class Question:
     them at once, over `horizon` seconds. Parts left None are this host's (its allocator model,
     range and reserved ports; a port in the middle of the range): `narcissus.quantify.odds`
     fills them in and builds the `Scenario`. `model` is a row name of
-    `narcissus.core.allocators.MODELS` (or the row itself)."""
+    `narcissus.core.allocators.MODELS` (or the row itself).
+
+    For a fleet: `hosts` hosts alike, each with `clients` clients, that spend `retrying`
+    seconds a month retrying the port (None: all month, as if the server never came back)."""
 
     port: int | None = None
     model: str | AllocatorModel | None = None
@@ -68,6 +73,8 @@ class Question:
     reserved: PortSet | None = None
     other_cps: float = 0.0
     ipv6: bool = False
+    hosts: int = 1
+    retrying: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +91,17 @@ class Scenario:
     other_cps: float = 0.0
     horizon: float = SECONDS_PER_DAY
     ipv6: bool = False
+    hosts: int = 1
+    retrying: float = SECONDS_PER_MONTH  # seconds a month each host's clients retry
 
     def __post_init__(self) -> None:
+        if self.hosts < 1:
+            raise ValueError(f"a fleet has at least 1 host, got {self.hosts}")
+        if not 0 < self.retrying <= SECONDS_PER_MONTH:
+            raise ValueError(
+                f"retrying must be more than 0 and at most a month ({DAYS_PER_MONTH}d), "
+                f"got {self.retrying} seconds"
+            )
         if not (self.interval > 0 and math.isfinite(self.interval)):
             raise ValueError(f"interval must be a positive number of seconds, got {self.interval}")
         if not (self.horizon > 0 and math.isfinite(self.horizon)):
@@ -198,6 +214,48 @@ def throttle_stays_off(scenario: Scenario) -> bool:
     """FreeBSD <= 13: no second ever holds more than `random_cps` allocations."""
     per_second = math.ceil(1.0 / scenario.spacing - 1e-9)
     return scenario.other_cps == 0 and per_second <= scenario.model.random_cps
+
+
+# ---------------------------------------------------------------- a fleet
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """The answer for `hosts` hosts alike, over a month: each host's clients retry the port for
+    `retrying` seconds of it. Hosts are independent (each has its own allocator state)."""
+
+    hosts: int
+    retrying: float
+    per_host: float  # expected self-connects per host per month
+    p_host: float  # P(a given host has at least one in the month)
+
+    @property
+    def per_month(self) -> float:
+        """Expected self-connects a month across the fleet."""
+        return self.hosts * self.per_host
+
+    @property
+    def per_day(self) -> float:
+        return self.per_month / DAYS_PER_MONTH
+
+    @property
+    def p_any(self) -> float:
+        """P(at least one self-connect somewhere in the fleet within the month)."""
+        if self.p_host >= 1.0:
+            return 1.0
+        return -math.expm1(self.hosts * math.log1p(-self.p_host))
+
+    @property
+    def hosts_hit(self) -> float:
+        """Expected number of hosts with at least one self-connect in the month."""
+        return self.hosts * self.p_host
+
+
+def fleet_answer(scenario: Scenario, per_attempt: float, p_host: float) -> Fleet:
+    """`Fleet` from one host's long-run share of attempts that self-connect and its
+    probability of at least one within `scenario.retrying` seconds of retrying."""
+    attempts = scenario.retrying / scenario.spacing
+    return Fleet(scenario.hosts, scenario.retrying, attempts * per_attempt, p_host)
 
 
 # ---------------------------------------------------------------- distributions of K

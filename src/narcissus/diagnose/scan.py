@@ -7,9 +7,15 @@ scan path imports only what it needs (it has to run faster than `ss`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from narcissus import system
 from narcissus.core.scan import ScanReport
 from narcissus.errors import NamespaceGoneError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from narcissus.core.namespaces import Netns
 
 
 def scan_namespaces(
@@ -20,14 +26,25 @@ def scan_namespaces(
     With `kill`, destroy what was found (live sockets and TIME_WAIT remnants, both of which keep
     a server from binding the port) and record the result in each report's `killed`.
     """
+    return scan_listed(system.namespaces(netns, every=every), kill=kill, listed=every)
+
+
+def scan_listed(
+    namespaces: Sequence[Netns | None], *, kill: bool = False, listed: bool = False
+) -> list[ScanReport]:
+    """Scan each namespace of a list. With `listed` (the list came from enumerating every
+    namespace), one deleted since it was listed is skipped: on a busy host, a Kubernetes node,
+    containers come and go between the listing and the scan."""
+    from narcissus.errors import InputError
+
     reports: list[ScanReport] = []
-    for namespace in system.namespaces(netns, every=every):
+    for namespace in namespaces:
         try:
             report = system.scan(namespace)
-        except NamespaceGoneError:
-            if not every:
-                raise
-            continue  # its last process exited since the namespaces were listed
+        except (NamespaceGoneError, InputError):
+            if listed and namespace is not None:
+                continue  # gone since it was listed: nothing left in it to report
+            raise
         if kill and report.sockets:
             report = report.replace(killed=tuple(system.destroy(list(report.sockets), namespace)))
         reports.append(report)

@@ -9,18 +9,26 @@ Two sources feed one registry:
 - a background thread that runs a `Watcher` and counts the self-connects it reports, so
   ones that lived a millisecond still show in `narcissus_self_connect_events_total`.
 
+The registry is served over HTTP (`MetricsExporter`) or written to a file for node_exporter's
+textfile collector (`TextfileExporter`, atomically: temporary file, fsync, rename). Both build
+it with `build_registry` from `COLLECTORS`, a list of factories: a new family of metrics is a new
+collector class plus one entry there, and both outputs carry it.
+
 Needs `prometheus_client` (the `exporter` extra). Serves on loopback unless told otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from narcissus._version import __version__
@@ -29,7 +37,7 @@ from narcissus.diagnose.watch import AUTO, DEFAULT_INTERVAL, Watcher
 from narcissus.errors import InputError, NarcissusError, UnsupportedError
 
 try:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry, generate_latest, start_http_server
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
@@ -37,6 +45,7 @@ try:
         Metric,
     )
     from prometheus_client.process_collector import ProcessCollector
+    from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - the extra is installed wherever tests run
     raise UnsupportedError(
         "the exporter needs prometheus_client: pip install 'narcissus[exporter]'"
@@ -53,6 +62,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9469
 DEFAULT_MAX_AGE = 1.0
 PREFIX = "narcissus"
+TEXTFILE_NAME = "narcissus.prom"
+TEXTFILE_INTERVAL = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +112,8 @@ class WatchCounts:
 class SelfConnectCollector:
     """A prometheus_client collector: the host read at scrape time plus the watch totals."""
 
-    def __init__(self, counts: WatchCounts, *, max_age: float = DEFAULT_MAX_AGE) -> None:
-        self.counts = counts
+    def __init__(self, counts: WatchCounts | None, *, max_age: float = DEFAULT_MAX_AGE) -> None:
+        self.counts = counts  # None: no background watch (a one-shot textfile), no event families
         self.max_age = max_age
         self._lock = threading.Lock()
         self._reading: HostReading | None = None
@@ -122,9 +133,22 @@ class SelfConnectCollector:
     def collect(self) -> Iterable[Metric]:
         return list(self._families(self.reading(), with_samples=True))
 
+    @classmethod
+    def from_sources(cls, sources: Sources) -> SelfConnectCollector:
+        return cls(sources.counts, max_age=sources.max_age)
+
     def _families(self, reading: HostReading, *, with_samples: bool) -> Iterator[Metric]:
-        events, lost, running = self.counts.snapshot()
         families = _Families(with_samples)
+        if self.counts is not None:
+            yield from self._watch_families(families, self.counts)
+        build = InfoMetricFamily(f"{PREFIX}_build", "The narcissus version serving these metrics")
+        if with_samples:
+            build.add_metric([], {"version": __version__})
+        yield build
+        yield from self._host_families(families, reading)
+
+    def _watch_families(self, families: _Families, counts: WatchCounts) -> Iterator[Metric]:
+        events, lost, running = counts.snapshot()
         yield families.counter(
             "self_connect_events",
             "Self-connects seen as they happened since the exporter started (ftrace backend: "
@@ -142,24 +166,22 @@ class SelfConnectCollector:
             "The backend that counts self-connect events: ftrace (every one, as root on "
             "Linux) or poll (periodic socket-table scans that can miss short-lived ones)",
         )
-        if with_samples:
-            info.add_metric([], {"backend": self.counts.backend})
+        if families.with_samples:
+            info.add_metric([], {"backend": counts.backend})
         yield info
         yield families.gauge(
             "detection_up",
             "1 while the background watch that counts self-connect events is running",
             1 if running else 0,
         )
-        build = InfoMetricFamily(f"{PREFIX}_build", "The narcissus version serving these metrics")
-        if with_samples:
-            build.add_metric([], {"version": __version__})
-        yield build
+
+    def _host_families(self, families: _Families, reading: HostReading) -> Iterator[Metric]:
         yield families.gauge(
             "scan_success",
             "1 if this scrape could read the socket table and the port settings, 0 if not",
             0 if reading.error else 1,
         )
-        if with_samples and reading.error:
+        if families.with_samples and reading.error:
             return
         scan, settings = reading.scan, reading.settings
         yield families.gauge(
@@ -199,8 +221,9 @@ class SelfConnectCollector:
             (str(item.port), item.owners[0].process if item.owners else "unknown")
             for item in reading.at_risk
         )
-        for (port, process), count in sorted(by_port.items()):
-            listeners.add_metric([port, process], count)
+        if families.with_samples:
+            for (port, process), count in sorted(by_port.items()):
+                listeners.add_metric([port, process], count)
         yield listeners
 
 
@@ -223,12 +246,116 @@ class _Families:
         return family
 
 
-class MetricsExporter:
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """What a collector is built from: the watch totals (None without a background watch) and
+    how long a host reading may be reused."""
+
+    counts: WatchCounts | None
+    max_age: float = DEFAULT_MAX_AGE
+
+
+CollectorFactory = Callable[[Sources], Collector]
+
+# Every family of narcissus metrics, HTTP and textfile alike. To add metrics, write a collector
+# (`collect()` yielding metric families named narcissus_*, `describe()` yielding them without
+# samples) and append its factory here.
+COLLECTORS: list[CollectorFactory] = [SelfConnectCollector.from_sources]
+
+
+def build_registry(
+    sources: Sources,
+    *,
+    collectors: Sequence[CollectorFactory] | None = None,
+    process: bool = True,
+) -> CollectorRegistry:
+    """A registry holding one collector per factory (default: `COLLECTORS`); `process` adds
+    the exporter's own process_* metrics (left out of a textfile: node_exporter has its own)."""
+    registry = CollectorRegistry()
+    for factory in COLLECTORS if collectors is None else collectors:
+        registry.register(factory(sources))
+    if process:
+        ProcessCollector(registry=registry)
+    return registry
+
+
+class _Exporter:
+    """The part both exporters share: an optional background watch counting self-connect
+    events, and the registry built from the collectors."""
+
+    def __init__(
+        self,
+        *,
+        backend: str,
+        interval: float,
+        max_age: float,
+        collectors: Sequence[CollectorFactory] | None,
+        process: bool,
+        watch: bool = True,
+    ) -> None:
+        self.watcher: Watcher | None = Watcher(backend, interval=interval) if watch else None
+        self.max_age = max_age
+        self.collectors = collectors
+        self.process = process
+        self.registry = CollectorRegistry()
+        self.counts: WatchCounts | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def backend(self) -> str | None:
+        return self.watcher.backend if self.watcher is not None else None
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.watcher.notes if self.watcher is not None else ()
+
+    def _start_watch(self) -> None:
+        """Start the watch (if any) and build the registry; undone by `_stop_watch`."""
+        if self.watcher is not None:
+            self.watcher.start()
+            assert self.watcher.backend is not None
+            self.counts = WatchCounts(self.watcher.backend)
+        try:
+            sources = Sources(self.counts, self.max_age)
+            self.registry = build_registry(
+                sources, collectors=self.collectors, process=self.process
+            )
+        except BaseException:
+            self._stop_watch()
+            raise
+
+    def _run_watch(self) -> None:
+        if self.watcher is None or self.counts is None:
+            return
+        self.counts.running = True
+        self._thread = threading.Thread(target=self._count, name="narcissus-watch", daemon=True)
+        self._thread.start()
+
+    def _count(self) -> None:
+        assert self.counts is not None and self.watcher is not None
+        try:
+            for batch in self.watcher.batches(stop=self._stop):
+                self.counts.add(len(batch.events), batch.lost)
+        except Exception as exc:  # the exporter keeps going; detection_up says watch stopped
+            sys.stderr.write(f"narcissus exporter: the self-connect watch stopped: {exc}\n")
+        finally:
+            self.counts.running = False
+
+    def _stop_watch(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.watcher is not None:
+            self.watcher.close()
+
+
+class MetricsExporter(_Exporter):
     """Serves /metrics over HTTP and counts self-connects in a background thread.
 
     `start()` returns once both run; `url` is where the metrics are (with the real port when
     port 0 asked for any free one). `stop()` (or leaving the `with` block) stops the server and
-    the watch and releases the tracing instance.
+    the watch and releases the tracing instance. `collectors` replaces `COLLECTORS`.
     """
 
     def __init__(
@@ -239,16 +366,18 @@ class MetricsExporter:
         backend: str = AUTO,
         interval: float = DEFAULT_INTERVAL,
         max_age: float = DEFAULT_MAX_AGE,
+        collectors: Sequence[CollectorFactory] | None = None,
     ) -> None:
+        super().__init__(
+            backend=backend,
+            interval=interval,
+            max_age=max_age,
+            collectors=collectors,
+            process=True,
+        )
         self.host = host
         self.port = port
-        self.watcher = Watcher(backend, interval=interval)
-        self.max_age = max_age
-        self.registry = CollectorRegistry()
-        self.counts: WatchCounts | None = None
         self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
 
     def __enter__(self) -> MetricsExporter:
         return self.start()
@@ -261,24 +390,14 @@ class MetricsExporter:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/metrics"
 
-    @property
-    def notes(self) -> tuple[str, ...]:
-        return self.watcher.notes
-
     def start(self) -> MetricsExporter:
-        self.watcher.start()
+        self._start_watch()
         try:
-            assert self.watcher.backend is not None
-            self.counts = WatchCounts(self.watcher.backend)
-            self.registry.register(SelfConnectCollector(self.counts, max_age=self.max_age))
-            ProcessCollector(registry=self.registry)
             self._serve()
         except BaseException:
-            self.watcher.close()
+            self._stop_watch()
             raise
-        self.counts.running = True
-        self._thread = threading.Thread(target=self._count, name="narcissus-watch", daemon=True)
-        self._thread.start()
+        self._run_watch()
         return self
 
     def _serve(self) -> None:
@@ -307,22 +426,120 @@ class MetricsExporter:
             raise
         self.port = int(self._server.server_address[1])
 
-    def _count(self) -> None:
-        assert self.counts is not None
-        try:
-            for batch in self.watcher.batches(stop=self._stop):
-                self.counts.add(len(batch.events), batch.lost)
-        except Exception as exc:  # the server keeps serving; detection_up says watch stopped
-            sys.stderr.write(f"narcissus exporter: the self-connect watch stopped: {exc}\n")
-        finally:
-            self.counts.running = False
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self.watcher.close()
+        self._stop_watch()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class TextfileExporter(_Exporter):
+    """Writes the metrics to DIRECTORY/narcissus.prom for node_exporter's textfile collector.
+
+    Every `write()` replaces the file atomically (a temporary file in the same directory,
+    fsync, rename), so a reader sees the old file or the new one, never part of one; the
+    temporary file is removed on every exit path, a signal included. With `watch=False` (a
+    one-shot write) no background watch runs and the event families are left out, rather than
+    reported as a watch that is down. No process_* metrics: node_exporter has its own.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        backend: str = AUTO,
+        interval: float = DEFAULT_INTERVAL,
+        max_age: float = DEFAULT_MAX_AGE,
+        collectors: Sequence[CollectorFactory] | None = None,
+        watch: bool = True,
+    ) -> None:
+        super().__init__(
+            backend=backend,
+            interval=interval,
+            max_age=max_age,
+            collectors=collectors,
+            process=False,
+            watch=watch,
+        )
+        self.directory = directory
+        self.path = os.path.join(directory, TEXTFILE_NAME)
+        self.writes = 0
+
+    def __enter__(self) -> TextfileExporter:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def start(self) -> TextfileExporter:
+        if not os.path.isdir(self.directory):
+            raise InputError(
+                f"{self.directory} is not a directory: give node_exporter's "
+                "--collector.textfile.directory"
+            )
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise UnsupportedError(f"cannot write to {self.directory}: run it as a user who can")
+        self._start_watch()
+        self._run_watch()
+        return self
+
+    def write(self) -> int:
+        """Replace the file with the metrics now; returns its size in bytes."""
+        data = generate_latest(self.registry)
+        write_atomically(self.path, data)
+        self.writes += 1
+        return len(data)
+
+    def stop(self) -> None:
+        self._stop_watch()
+
+
+def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data`: a hidden temporary file in the same directory (not *.prom, so
+    node_exporter never reads it), fsync, rename, fsync of the directory. Whatever interrupts
+    it, a signal's exception included (even one inside mkstemp), this process's temporary files
+    for `path` are removed: they carry its pid in their name."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}.{os.getpid()}."
+    done = False
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+        done = True
+    except OSError as exc:
+        raise UnsupportedError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        if not done:
+            _remove_temporaries(directory, prefix)
+    _fsync_directory(directory)
+
+
+def _remove_temporaries(directory: str, prefix: str) -> None:
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename itself durable (best effort: some file systems refuse)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

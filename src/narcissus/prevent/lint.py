@@ -58,12 +58,15 @@ def lint_paths(
     exclude: Sequence[str] = (),
     progress: Callable[[int, int], None] | None = None,
     services: bool = True,
+    targets: tuple[Target, ...] | None = None,
 ) -> LintReport:
     """Lint files and directories (recursively) against the default ephemeral ranges of
-    `os_names` (keys of `narcissus.core.oses.OSES`); with `services`, also note ports of
-    well-known services (IANA's registry, this host's services database) outside them.
-    `progress(done, total)` is called after each file."""
-    targets = targets_for(os_names)
+    `os_names` (keys of `narcissus.core.oses.OSES`), or against `targets` when given (e.g. a
+    host's live range); with `services`, also note ports of well-known services (IANA's
+    registry, this host's services database) outside them. `progress(done, total)` is called
+    after each file."""
+    if targets is None:
+        targets = targets_for(os_names)
     names = None
     if services:
         from narcissus.diagnose.services import well_known_services

@@ -4,24 +4,28 @@ server whose port lies inside the ephemeral range.
 Linux: merge the ports into `net.ipv4.ip_local_reserved_ports` of the current network namespace
 and, with `persist`, into a sysctl.d file so a reboot keeps them. Both or neither: when the file
 cannot be written the kernel setting is put back. Other OSes (or `os_name` naming one) get the
-equivalent commands, to run there.
+equivalent commands, to run there. `ports_from_files` reads the ports to reserve from
+configuration files (a kube-apiserver manifest's NodePort range, compose published ranges) with
+the rules `narcissus lint` uses.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from narcissus import system
 from narcissus.core.ephemeral import EphemeralPorts
+from narcissus.core.lint import Finding, Target
 from narcissus.core.oses import os_facts
 from narcissus.core.oses.linux import SYSCTL_D_FILE
 from narcissus.core.ports import PortRange, PortSet
 from narcissus.core.reserve import Reservation, plan_reservation, sysctl_file_text
 from narcissus.errors import InputError, UnsupportedError
+from narcissus.prevent.lint import lint_paths
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,32 @@ class ReserveResult:
     @property
     def os(self) -> str:
         return self.reservation.settings.os
+
+
+@dataclass(frozen=True, slots=True)
+class PortsFromFiles:
+    """The ports configuration files give servers that an OS could hand out as source ports:
+    what `narcissus lint` finds in them, read by the same rules."""
+
+    ports: PortSet
+    findings: tuple[Finding, ...]
+    target: Target  # the range they were checked against
+
+
+def ports_from_files(paths: Sequence[str], *, os_name: str | None = None) -> PortsFromFiles:
+    """Ports and ranges in `paths` (files or directories) that lie inside this host's ephemeral
+    range (of this network namespace), or inside `os_name`'s default range. A range found (a
+    NodePort range, published ports) comes back whole: reserve exactly what is configured."""
+    if os_name is None:
+        from narcissus.diagnose.ports import ephemeral_ports
+
+        settings = ephemeral_ports()
+        target = Target(settings.os, settings.range)
+    else:
+        target = Target(os_name, os_facts(os_name).default_range)
+    report = lint_paths(paths, targets=(target,), services=False)
+    spans = [PortRange(f.port, f.last if f.last is not None else f.port) for f in report.findings]
+    return PortsFromFiles(PortSet(spans), report.findings, target)
 
 
 def reserve_ports(

@@ -10,6 +10,9 @@ Defaults come from this host: its allocator model (OS and kernel release), its e
 and its reserved ports (of a network namespace, with `netns=`). A model of another OS gets that
 OS's documented default range unless `port_range` is given.
 
+For a fleet, `Question(hosts=2000, clients=4, retrying=...)` and `estimate(...).fleet`: the
+expected self-connects a month across the hosts and the chance of at least one.
+
 For a reproduction that wants to know how long it should take:
 
     guess = narcissus.estimate_odds(port, interval=30e-6)  # a tight loop on this host
@@ -27,15 +30,18 @@ from typing import Any
 from narcissus.core.allocators import AllocatorModel, Family, model_for, model_named
 from narcissus.core.allocators import default_range as model_default_range
 from narcissus.core.odds import (
+    SECONDS_PER_MONTH,
     Attempts,
     Empirical,
     Exposure,
+    Fleet,
     Question,
     Scenario,
     Target,
     advice,
     closed_form,
     exposure_reason,
+    fleet_answer,
     locate,
     per_attempt_probability,
     plan_for,
@@ -145,6 +151,13 @@ class Estimate:
     def advice(self) -> str:
         return advice(self.scenario, self.exposure, self.p_within_horizon)
 
+    @property
+    def fleet(self) -> Fleet:
+        """A month across `scenario.hosts` hosts alike, each retrying `scenario.retrying`
+        seconds of it: expected self-connects, P(any), hosts hit."""
+        p_host = self.probability_within(self.scenario.retrying)
+        return fleet_answer(self.scenario, self.per_attempt, p_host)
+
 
 def host_model() -> AllocatorModel:
     """The allocator model of this host's OS and kernel release."""
@@ -200,6 +213,8 @@ def scenario(question: Question, *, netns: str | None = None) -> tuple[Scenario,
             other_cps=question.other_cps,
             horizon=question.horizon,
             ipv6=question.ipv6,
+            hosts=question.hosts,
+            retrying=SECONDS_PER_MONTH if question.retrying is None else question.retrying,
         )
     except ValueError as exc:
         raise InputError(str(exc)) from exc

@@ -48,7 +48,7 @@ def namespace(netns: PrivateNetns) -> Iterator[PrivateNetns]:
 
 
 @contextmanager
-def redis_server(netns: PrivateNetns) -> Iterator[subprocess.Popen[str]]:
+def redis_server(netns: PrivateNetns) -> Iterator[subprocess.Popen[bytes]]:
     """redis-server on 127.0.0.1:PORT inside the namespace, stopped (by its pid) afterwards."""
     server = subprocess.Popen(
         netns.wrap(
@@ -59,7 +59,7 @@ def redis_server(netns: PrivateNetns) -> Iterator[subprocess.Popen[str]]:
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
+        bufsize=0,  # unbuffered: select() on a buffered pipe misses lines already read ahead
     )
     try:
         assert server.stdout is not None
@@ -71,7 +71,9 @@ def redis_server(netns: PrivateNetns) -> Iterator[subprocess.Popen[str]]:
             # Read the pipe itself: readline() on the text wrapper could leave the ready line
             # in its buffer, where select() never sees it (the test then waited 30 s and failed).
             if select.select([server.stdout], [], [], remaining)[0]:
-                log += os.read(server.stdout.fileno(), 65536).decode(errors="replace")
+                chunk = os.read(server.stdout.fileno(), 65536)
+                assert chunk, f"redis-server closed its output:\n{log}"
+                log += chunk.decode(errors="replace")
         yield server
     finally:
         server.terminate()

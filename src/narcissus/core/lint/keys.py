@@ -5,7 +5,9 @@ Rules: pure; behaviour lives in the tables. A name is split into lowercase words
 `REDIS_PORT`, `redis-port` and `redis.port` are all `redis port`). It names a port when one of
 its words is a port word and none is a "not a port" word: `port_timeout`, `num_ports` and
 `max_port` hold a time, a count and the bound of a range, not a port anything listens on.
-Address names (`bind`, `endpoint`, `redis_url`) hold `host:port`.
+Address names (`bind`, `endpoint`, `redis_url`) hold `host:port`. Two small tables name the
+exceptions: kube-apiserver's `service-node-port-range` holds the ports NodePort services listen
+on, and kube-proxy's `nodePortAddresses` holds CIDRs, not ports.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ ADDRESS_WORDS = frozenset(
     }
 )  # fmt: skip
 
+# Names whose value is a range of ports servers are given, whatever their words say ("range"
+# would make them a setting about ports): kube-apiserver's NodePort range.
+PORT_RANGE_NAMES = frozenset({("service", "node", "port", "range")})
+# Names that hold no port although their words say so: kube-proxy's nodePortAddresses is a list
+# of CIDRs (which addresses NodePorts answer on).
+NOT_PORT_NAMES = frozenset({("node", "port", "addresses"), ("nodeport", "addresses")})
+
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 # A port, not part of a longer number; TOML and YAML write 50_000.
 PORT_NUMBER = re.compile(r"(?<![\w.])(\d[\d_]{0,5})(?![\w.])")
@@ -61,11 +70,17 @@ def words(name: str) -> list[str]:
 
 def is_port_name(name: str) -> bool:
     parts = words(name)
+    if tuple(parts) in PORT_RANGE_NAMES:
+        return True
+    if tuple(parts) in NOT_PORT_NAMES:
+        return False
     return bool(PORT_WORDS.intersection(parts)) and not NOT_PORT_WORDS.intersection(parts)
 
 
 def is_address_name(name: str) -> bool:
     parts = words(name)
+    if tuple(parts) in NOT_PORT_NAMES:
+        return False
     return bool(ADDRESS_WORDS.intersection(parts)) and not NOT_PORT_WORDS.intersection(parts)
 
 

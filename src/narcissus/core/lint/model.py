@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import shlex
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -202,10 +203,17 @@ def judge(
             f"{'it' if one else 'one'} while nothing listens there can be handed it as its own "
             "source port and connect to itself"
         )
-        fix = (
-            f"use a port below {safe_below} (`narcissus port --portable` prints one) or reserve "
-            f"it wherever this runs: narcissus reserve {span}"
-        )
+        if one:
+            fix = (
+                f"use a port below {safe_below} (`narcissus port --portable` prints one) or "
+                f"reserve it wherever this runs: narcissus reserve {span}"
+            )
+        else:  # a range (NodePorts, published ports): all of it is handed out, reserve all of it
+            fix = (
+                f"reserve exactly this range on every host or node that runs this: narcissus "
+                f"reserve {span} (or narcissus reserve --from {shlex.quote(path)}), or move the "
+                f"range below {safe_below}"
+            )
         findings.append(place(ranges=inside, message=message, fix=fix))
     return findings
 
