@@ -8,6 +8,7 @@ Diagnosis:       scan(netns=None, every=False, kill=False) -> list[ScanReport]
 Prevention:      install(retries=0), uninstall(), guarded(retries=0), is_self_connected(sock)
                  free_port(portable=False, hold=False), release_port(port), claimed_port(),
                  reserve_ports(ports, persist=False, dry_run=False), lint_paths(paths, os_names=)
+                 shield_on(cgroup=None), shield_off(cgroup=None), shield_status() (Linux, root)
 Odds:            estimate_odds(port, model=None, interval=0.2, ...) -> Estimate
 Watching:        Watcher(backend="auto", interval=1.0), self_connects(backend, duration=None)
                  -> SelfConnectEvent...; MetricsExporter(host, port) (needs prometheus_client)
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from narcissus.prevent.guard.check import is_self_connected
     from narcissus.prevent.lint import lint_paths
     from narcissus.prevent.reserve import reserve_ports
+    from narcissus.prevent.shield import shield_off, shield_on, shield_status
     from narcissus.quantify.odds import estimate_odds
 
 # public name -> (module, attribute), imported on first access
@@ -55,6 +57,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "release_port": ("narcissus.prevent.free_port", "release_port"),
     "claimed_port": ("narcissus.prevent.free_port", "claimed_port"),
     "reserve_ports": ("narcissus.prevent.reserve", "reserve_ports"),
+    "shield_on": ("narcissus.prevent.shield", "shield_on"),
+    "shield_off": ("narcissus.prevent.shield", "shield_off"),
+    "shield_status": ("narcissus.prevent.shield", "shield_status"),
     "lint_paths": ("narcissus.prevent.lint", "lint_paths"),
     "estimate_odds": ("narcissus.quantify.odds", "estimate_odds"),
     "Watcher": ("narcissus.diagnose.watch", "Watcher"),
@@ -87,6 +92,9 @@ __all__ = [
     "reserved_ports",
     "scan",
     "self_connects",
+    "shield_off",
+    "shield_on",
+    "shield_status",
     "uninstall",
     "who",
 ]

@@ -49,7 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "run": (
         "narcissus.cli.run",
-        "run a command with the self-connect guard in every Python process it starts",
+        "run a command with the self-connect guard in every process it starts, any language",
     ),
     "lint": (
         "narcissus.cli.lint",

@@ -112,9 +112,32 @@ def doctor_json(audit: HostAudit) -> dict[str, Any]:
             "persist_line": fix.persist_line,
             "alternative": fix.alternative,
         },
+        "shield": None
+        if audit.shield is None
+        else {
+            "active": audit.shield.active,
+            "mechanism": audit.shield.mechanism,
+            "cgroups": [item.path for item in audit.shield.cgroups],
+            "refused": audit.shield.refused,
+        },
+        "shield_unknown": audit.shield_unknown,
         "notes": list(audit.notes),
         "healthy": audit.healthy,
     }
+
+
+def _shield_line(audit: HostAudit) -> str:
+    """Whether the kernel refuses would-be self-connects here (`narcissus shield`)."""
+    shield = audit.shield
+    if shield is None:
+        return f"unknown: {audit.shield_unknown}"
+    if not shield.active:
+        return (
+            "off (narcissus shield on: the kernel refuses every would-be self-connect, for "
+            "every program)"
+        )
+    where = ", ".join(item.path or f"cgroup {item.cgroup_id}" for item in shield.cgroups)
+    return f"on ({shield.mechanism}) for {where}; {shield.refused:,} connect(s) refused so far"
 
 
 def _allocator_line(settings: EphemeralPorts) -> str | None:
@@ -173,6 +196,7 @@ def _render(audit: HostAudit) -> None:
     allocator = _allocator_line(settings)
     if allocator:
         out.print(f"  allocator        {allocator}")
+    out.print(f"  shield           {_shield_line(audit)}", markup=False)
     for note in audit.notes:
         out.print(f"  [yellow]note:[/] {note}")
     out.print()

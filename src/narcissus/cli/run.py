@@ -1,5 +1,5 @@
-"""`narcissus run -- CMD [ARGS...]`: run a command with the self-connect guard in every Python
-process it starts."""
+"""`narcissus run -- CMD [ARGS...]`: run a command so that none of its processes is ever handed
+a self-connected socket (the Python guard, the preloaded library, or --shield)."""
 
 from __future__ import annotations
 
@@ -13,21 +13,41 @@ from narcissus.errors import InputError
 
 TAKES_COMMAND = True
 DESCRIPTION = """\
-Run CMD with the self-connect guard active in every Python process it starts, children
-included, without changing their code: a connect() that the OS connects to itself is aborted
-and raised as ConnectionRefusedError (narcissus.SelfConnectError), which is the truth: nothing
-listens there. narcissus replaces itself with CMD (exec), so CMD keeps its pid, its signals and
-its exit status.
+Run CMD so that none of its processes, children included, is ever handed a socket connected
+to itself, without changing their code: a connect() that the OS connected to itself is reset and
+fails with ECONNREFUSED ("connection refused"), which is the truth: nothing listens there. The
+program's own retry logic takes over. Three layers, each for what the one before cannot reach:
 
-How: the start-up hook directory of the guard goes first on PYTHONPATH and NARCISSUS_GUARD=1 is
-set; any existing PYTHONPATH and sitecustomize keep working. Python processes started with -S,
--I or -E skip start-up hooks and are not guarded. Where a command cannot be wrapped, set
-NARCISSUS_GUARD=1 in its environment instead (it works where narcissus is installed).
+  Python     every Python process CMD starts gets the in-process guard (raises
+             narcissus.SelfConnectError, a ConnectionRefusedError): the start-up hook goes first
+             on PYTHONPATH, NARCISSUS_GUARD=1 is set; any existing sitecustomize keeps working.
+             Interpreters run with -S, -I or -E skip start-up hooks (the library below still
+             covers them)
+  any other  every dynamically linked program (C, hiredis/redis-cli, the JVM, Node, Ruby, Rust)
+             gets narcissus's connect() library through LD_PRELOAD, without root. narcissus says
+             once, on stderr, when CMD is not covered: a static or Go binary (raw system calls),
+             setuid, or no C compiler to build the library
+  --shield   (root, Linux) CMD and everything it starts run in a fresh cgroup where the kernel
+             refuses would-be self-connects before a source port is chosen: Go and static
+             binaries too. The cgroup and its programs are removed when CMD exits, however it
+             ends
+
+Without --shield narcissus replaces itself with CMD (exec), so CMD keeps its pid, its signals
+and its exit status; with --shield it stays as CMD's parent, passes signals on, and exits as
+CMD did. Where a command cannot be wrapped, set NARCISSUS_GUARD=1 in its environment instead
+(the Python guard, where narcissus is installed).
 
 Each self-connect prevented is reported on that process's stderr: one line, or one JSON object
-per line with --json ({"event", "pid", "program", "address", "port", "family", "transport"}).
+per line with --json ({"event", "pid", "program", "address", "port", "family", "transport"});
+with --shield, one line at the end with the count the kernel refused.
 
-exit status: CMD's own; 2 when CMD cannot be run (not found, not executable).
+examples:
+  narcissus run -- pytest tests/
+  narcissus run --retries 2 -- redis-cli -p 50000 PING
+  sudo narcissus run --shield -- go test ./...
+
+exit status: CMD's own; 2 when CMD cannot be run (not found, not executable); 3 --shield where
+this host cannot (not root, not Linux, no cgroup v2 or BPF).
 """
 
 

@@ -15,6 +15,7 @@ from narcissus.core.ephemeral import EphemeralPorts, PortClass
 from narcissus.core.oses import Fix
 from narcissus.core.scan import ScanReport
 from narcissus.core.services import Service
+from narcissus.core.shield import ShieldStatus
 from narcissus.core.sockets import Owner, TcpSocket
 from narcissus.core.who import PortReport
 
@@ -50,6 +51,9 @@ class HostAudit:
     notes: tuple[str, ...] = field(default=())
     planned_services: tuple[Service, ...] = field(default=())
     planned_holders: tuple[PortReport, ...] = field(default=())
+    # narcissus shield on this host; None where it cannot be read (not root, not Linux)
+    shield: ShieldStatus | None = None
+    shield_unknown: str | None = None  # why it could not be read
 
     def service_of(self, port: int) -> Service | None:
         return next((s for s in self.planned_services if s.port == port), None)

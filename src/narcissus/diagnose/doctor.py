@@ -8,10 +8,12 @@ from collections.abc import Iterable
 
 from narcissus import system
 from narcissus.core.doctor import AtRisk, HostAudit, listeners_at_risk
+from narcissus.errors import NarcissusError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from narcissus.core.services import Service
+    from narcissus.core.shield import ShieldStatus
     from narcissus.core.who import PortReport
 
 
@@ -39,6 +41,7 @@ def audit_host(planned_ports: Iterable[int] = ()) -> HostAudit:
         known = well_known_services()
         services = tuple(s for s in map(known.lookup, planned_ports) if s is not None)
         holders = tuple(who(planned_ports))
+    shield, shield_unknown = _shield()
     return HostAudit(
         os=system.os_description(),
         settings=settings,
@@ -50,4 +53,16 @@ def audit_host(planned_ports: Iterable[int] = ()) -> HostAudit:
         notes=tuple(notes),
         planned_services=services,
         planned_holders=holders,
+        shield=shield,
+        shield_unknown=shield_unknown,
     )
+
+
+def _shield() -> tuple[ShieldStatus | None, str | None]:
+    """Is the kernel refusing self-connects (`narcissus shield`)? Or why that cannot be told."""
+    if "shield" not in system.CAPABILITIES:
+        return None, "this OS has no shield (it needs Linux cgroup BPF)"
+    try:
+        return system.shield_status(), None
+    except (OSError, NarcissusError) as exc:
+        return None, str(exc)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import socket
 import sys
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 
     from narcissus.core.ephemeral import EphemeralPorts
     from narcissus.core.scan import ScanReport
+    from narcissus.core.shield import ShieldStatus
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9469
@@ -255,12 +257,72 @@ class Sources:
     max_age: float = DEFAULT_MAX_AGE
 
 
+class ShieldCollector:
+    """Whether `narcissus shield` is on, and the connects it refused, read at scrape time.
+
+    Where the shield cannot be read (not root, not Linux) the families are absent rather than
+    0, so a dashboard never shows "not shielded" for "cannot tell"."""
+
+    def __init__(self, *, max_age: float = DEFAULT_MAX_AGE) -> None:
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._status: ShieldStatus | None = None
+        self._read_at = -math.inf
+
+    @classmethod
+    def from_sources(cls, sources: Sources) -> ShieldCollector:
+        return cls(max_age=sources.max_age)
+
+    def status(self) -> ShieldStatus | None:
+        from narcissus.prevent.shield import shield_status
+
+        with self._lock:
+            if time.monotonic() - self._read_at >= self.max_age:
+                try:
+                    self._status = shield_status()
+                except (OSError, NarcissusError):
+                    self._status = None
+                self._read_at = time.monotonic()
+            return self._status
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families(None, with_samples=False))
+
+    def collect(self) -> Iterable[Metric]:
+        status = self.status()
+        return [] if status is None else list(self._families(status, with_samples=True))
+
+    def _families(self, status: ShieldStatus | None, *, with_samples: bool) -> Iterator[Metric]:
+        families = _Families(with_samples)
+        yield families.gauge(
+            "shield_active",
+            "1 while narcissus shield refuses would-be self-connects in the kernel for some "
+            "cgroup of this host (the whole host when attached to the cgroup v2 root)",
+            1 if status is not None and status.active else 0,
+        )
+        yield families.gauge(
+            "shield_cgroups",
+            "cgroups the shield is attached to (pinned by `shield on`, or held by a running "
+            "`run --shield`)",
+            len(status.cgroups) if status is not None else 0,
+        )
+        yield families.counter(
+            "shield_refused",
+            "connect() calls the shield refused with ECONNREFUSED (or EPERM on kernels without "
+            "bpf_set_retval): each would have connected the socket to itself",
+            status.refused if status is not None else 0,
+        )
+
+
 CollectorFactory = Callable[[Sources], Collector]
 
 # Every family of narcissus metrics, HTTP and textfile alike. To add metrics, write a collector
 # (`collect()` yielding metric families named narcissus_*, `describe()` yielding them without
 # samples) and append its factory here.
-COLLECTORS: list[CollectorFactory] = [SelfConnectCollector.from_sources]
+COLLECTORS: list[CollectorFactory] = [
+    SelfConnectCollector.from_sources,
+    ShieldCollector.from_sources,
+]
 
 
 def build_registry(

@@ -5,7 +5,7 @@
  * connect(). When a connect() to an IPv4/IPv6 address succeeds, or returns EINPROGRESS (on
  * loopback a self-connect is already complete then), and the socket turns out to be connected to
  * its own address and port, the connection is reset the way narcissus's Python guard resets it
- * (src/narcissus/guard/check.py) and the call fails with ECONNREFUSED: the truth, since nothing
+ * (src/narcissus/prevent/guard/check.py) and the call fails with ECONNREFUSED: the truth, since nothing
  * listens there. Every other call passes through untouched, errno included.
  *
  * What it cannot see: code that makes the connect system call itself (Go, static binaries,
