@@ -56,8 +56,8 @@ SIGTERM stops it.
 (no process_* ones: node_exporter has its own), atomically: a temporary file in DIR, fsync,
 rename; nothing else is left in DIR, whatever stops it. With --once it writes the file once and
 exits; no watch runs then, so the event metrics (narcissus_self_connect_events_total,
-narcissus_detection_*, narcissus_bind_*) are left out and the TIME_WAIT gauge shows self-connects that closed
-within the last minute.
+narcissus_detection_*, narcissus_bind_*) are left out and the TIME_WAIT gauge shows
+self-connects that closed within the last minute.
 
 examples:
   narcissus exporter --listen 0.0.0.0:9469

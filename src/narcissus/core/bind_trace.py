@@ -13,8 +13,11 @@ may, with bpf_probe_read_user. Two programs, one per tracepoint:
                   AF_INET6 only, stashes it with the fd in a hash map keyed by the calling
                   thread (bpf_get_current_pid_tgid). Every other bind() costs one user read.
   sys_exit_bind   finds the thread's stash; when bind() returned -EADDRINUSE it sends one
-                  64-byte record (RECORD) to a ring buffer; it deletes the stash on every exit,
+                  80-byte record (RECORD) to a ring buffer; it deletes the stash on every exit,
                   success or failure, so the map never fills with finished calls.
+                  The record names the process by its main thread's name (task ->
+                  group_leader -> comm), read in the kernel: a process that failed to start
+                  has often exited before user space reads the record.
 
 The record also names the socket's transport and network namespace, read on the failure path
 only by walking the kernel's structures with bpf_probe_read_kernel (offsets from the running
@@ -25,8 +28,8 @@ When the walk fails (the fd was closed meanwhile by another thread), the transpo
 (unknown) and the namespace is the thread's own (task -> nsproxy -> net_ns).
 
 Counters (an array map, one 16-byte value): failures seen, and records the ring buffer had no
-room for (lost). A record costs 8 bytes of header plus 64; the default ring of 4 MiB holds
-about 58,000 failures the reader has not read yet.
+room for (lost). A record costs 8 bytes of header plus 80; the default ring of 4 MiB holds
+about 47,000 failures the reader has not read yet.
 
 Program order matters for correctness: the exit program is attached first and detached last,
 so no stash is ever written that no exit program will delete.
@@ -126,16 +129,17 @@ COUNTER_SEEN, COUNTER_LOST = 0, 8
 RING_SIZE = 1 << 22  # bytes; a power of two and a multiple of the page size
 
 # The record, as the exit program lays it out on its stack and the reader unpacks it.
-RECORD = struct.Struct("=QII16s16sH2sIHHI")
-RECORD_SIZE = RECORD.size  # 64
+RECORD = struct.Struct("=QII16s16sH2sIHHI16s")
+RECORD_SIZE = RECORD.size  # 80
 _R_TIME, _R_TGID, _R_TID, _R_COMM, _R_ADDR = 0, 8, 12, 16, 32
 _R_FAMILY, _R_PORT, _R_NETNS, _R_PROTOCOL, _R_TYPE, _R_FD = 48, 50, 52, 56, 58, 60
+_R_PROCESS = 64  # the thread group leader's comm: the process's name, even once it has exited
 
 # stack layout (offsets from the frame pointer)
 _KEY = -8
 _VALUE = -48  # the stash value (40 bytes)
-_EVENT = -112  # the record (64 bytes)
-_SCRATCH = -120  # one u64 a kernel pointer is read into
+_EVENT = -128  # the record (80 bytes)
+_SCRATCH = -136  # one u64 a kernel pointer is read into
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,8 @@ class KernelLayout:
     """Offsets of the kernel fields the exit program walks, from the running kernel's BTF."""
 
     task_files: int  # struct task_struct -> files (struct files_struct *)
+    task_group_leader: int  # struct task_struct -> group_leader (the process's main thread)
+    task_comm: int  # struct task_struct -> comm (char[16])
     task_nsproxy: int  # struct task_struct -> nsproxy
     nsproxy_net: int  # struct nsproxy -> net_ns
     files_fdt: int  # struct files_struct -> fdt (struct fdtable *)
@@ -278,7 +284,7 @@ def _follow(offset: int, fail: str) -> list[Item]:
 
 
 def _socket_walk(kernel: KernelLayout) -> list[Item]:
-    """4. the socket behind the fd: its transport, type and network namespace."""
+    """5. the socket behind the fd: its transport, type and network namespace."""
     fd = _EVENT + _R_FD
     return [
         call(B.FUNC_get_current_task),
@@ -302,7 +308,7 @@ def _socket_walk(kernel: KernelLayout) -> list[Item]:
         *_follow(kernel.sock_net, "task_netns"),  # struct net *
         *_read_kernel(R9, kernel.net_inum, 4, _EVENT + _R_NETNS, "task_netns"),
         ja("emit"),
-        # 5. no socket to read: the thread's own namespace (task -> nsproxy -> net_ns)
+        # 6. no socket to read: the thread's own namespace (task -> nsproxy -> net_ns)
         Label("task_netns"),
         call(B.FUNC_get_current_task),
         mov64(R9, R0),
@@ -368,8 +374,15 @@ def exit_program(
         Label("address_done"),
         ldx(4, R3, R8, 32),
         stx(4, FP, _EVENT + _R_FD, R3),
+        # 4. the process's name: its main thread's (a thread may have named itself)
+        call(B.FUNC_get_current_task),
+        mov64(R9, R0),
+        jmp_imm(JEQ, R9, 0, "walk"),
+        *_follow(kernel.task_group_leader, "walk"),
+        *_read_kernel(R9, kernel.task_comm, 16, _EVENT + _R_PROCESS, "walk"),
+        Label("walk"),
         *_socket_walk(kernel),
-        # 6. send it; a full ring buffer counts the record as lost
+        # 7. send it; a full ring buffer counts the record as lost
         Label("emit"),
         ld_map_fd(R1, events_fd),
         mov64(R2, FP),
@@ -381,7 +394,7 @@ def exit_program(
         ld_map_value(R1, counters_fd, COUNTER_LOST),
         mov64_imm(R2, 1),
         atomic_add64(R1, 0, R2),
-        # 7. every exit drops the stash
+        # 8. every exit drops the stash
         Label("forget"),
         ld_map_fd(R1, stash_fd),
         mov64(R2, FP),
@@ -425,6 +438,7 @@ class BindRecord(Value):
         "protocol",
         "socket_type",
         "fd",
+        "process",
     )
 
     def __init__(
@@ -440,6 +454,7 @@ class BindRecord(Value):
         protocol: int,
         socket_type: int,
         fd: int,
+        process: str = "",
     ) -> None:
         self.monotonic_ns = monotonic_ns
         self.tgid = tgid
@@ -452,6 +467,7 @@ class BindRecord(Value):
         self.protocol = protocol
         self.socket_type = socket_type
         self.fd = fd
+        self.process = process
 
     @property
     def transport(self) -> str | None:
@@ -469,18 +485,22 @@ def _address_text(family: int, raw: bytes) -> str:
     return str(ipaddress.IPv6Address(raw[:16]))
 
 
+def _text(name: bytes) -> str:
+    return name.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
 def parse_record(data: bytes) -> BindRecord:
     """Decode one ring-buffer record (RECORD_SIZE bytes, the host's byte order)."""
     if len(data) < RECORD_SIZE:
         raise ValueError(f"a bind record is {RECORD_SIZE} bytes, got {len(data)}")
-    (ns, tgid, tid, comm, address, family, port, netns, protocol, kind, fd) = RECORD.unpack_from(
-        data
+    (ns, tgid, tid, comm, address, family, port, netns, protocol, kind, fd, process) = (
+        RECORD.unpack_from(data)
     )
     return BindRecord(
         monotonic_ns=ns,
         tgid=tgid,
         tid=tid,
-        comm=comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
+        comm=_text(comm),
         family="ipv6" if family == AF_INET6 else "ipv4",
         address=_address_text(family, address),
         port=int.from_bytes(port, "big"),
@@ -488,6 +508,7 @@ def parse_record(data: bytes) -> BindRecord:
         protocol=protocol,
         socket_type=kind,
         fd=fd,
+        process=_text(process),
     )
 
 

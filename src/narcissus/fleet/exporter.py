@@ -335,10 +335,11 @@ CollectorFactory = Callable[[Sources], Collector]
 
 # Every family of narcissus metrics, HTTP and textfile alike. To add metrics, write a collector
 # (`collect()` yielding metric families named narcissus_*, `describe()` yielding them without
-# samples) and append its factory here.
+# samples) and add its factory here. The order is the output's: the self-connect collector
+# stays last, so a file ending with its last family (the listeners at risk) is complete.
 COLLECTORS: list[CollectorFactory] = [
-    SelfConnectCollector.from_sources,
     BindFailureCollector.from_sources,
+    SelfConnectCollector.from_sources,
 ]
 
 

@@ -47,6 +47,8 @@ def kernel_layout() -> T.KernelLayout:
     try:
         return T.KernelLayout(
             task_files=btf.field("task_struct", "files").offset,
+            task_group_leader=btf.field("task_struct", "group_leader").offset,
+            task_comm=btf.field("task_struct", "comm").offset,
             task_nsproxy=btf.field("task_struct", "nsproxy").offset,
             nsproxy_net=btf.field("nsproxy", "net_ns").offset,
             files_fdt=btf.field("files_struct", "fdt").offset,
@@ -341,8 +343,8 @@ class BindTrace:
     def _failure(
         self, record: BindRecord, offset: float, places: dict[int, Netns | None]
     ) -> BindFailure:
-        process = record.comm
-        if record.tid != record.tgid:  # a thread: the process is known by its own name
+        process = record.process or record.comm  # the kernel read the main thread's name
+        if not record.process and record.tid != record.tgid:
             name = procfs.process_name(record.tgid)
             process = record.comm if name == "?" else name
         inode = record.netns_inode
