@@ -8,8 +8,6 @@ the pid of the child process it started."""
 from __future__ import annotations
 
 import errno
-import json
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,33 +19,15 @@ from narcissus.core import bind_trace as T
 from narcissus.core import bpf as B
 from narcissus.core.bind_trace import BindFailure
 from narcissus.diagnose.watch import Watcher
-from tests.support import TESTS, PrivateNetns, needs_root, plant
+from tests.support import PrivateNetns, bind_errors, bind_in, needs_root, plant
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="BPF tracepoints: Linux"),
     needs_root,
 ]
 
-BINDER = TESTS / "binder.py"
 P, Q = 7300, 7301
 DEADLINE = 30.0
-
-
-def bind_in(netns: PrivateNetns, *specs: str) -> dict[str, object]:
-    """Run tests/binder.py in `netns`; its report (pid, and how each bind went)."""
-    done = subprocess.run(
-        netns.wrap([sys.executable, str(BINDER), *specs]),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    report: dict[str, object] = json.loads(done.stdout)
-    return report
-
-
-def errors(report: dict[str, object]) -> list[int]:
-    return [int(item["error"]) for item in report["binds"]]  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -91,8 +71,8 @@ def test_failed_binds_with_process_address_family_and_namespace(
     started = time.time()
     with plant(f"listen4:{P}", f"listen6:{P}", netns=netns):
         report = bind_in(netns, f"tcp4:{P}", f"tcp6:{P}", f"thread:tcp4:{P}")
-    assert errors(report) == [errno.EADDRINUSE] * 3
-    pid = int(report["pid"])  # type: ignore[call-overload]
+    assert bind_errors(report) == [errno.EADDRINUSE] * 3
+    pid = int(report["pid"])
     four, six, threaded = failures_of(trace, pid, 3)
     assert (four.family, four.address, four.port, four.transport) == ("ipv4", "127.0.0.1", P, "tcp")
     assert (six.family, six.address, six.port, six.transport) == ("ipv6", "::1", P, "tcp")
@@ -102,7 +82,7 @@ def test_failed_binds_with_process_address_family_and_namespace(
         assert started - 1 <= failure.time <= time.time() + 1
     assert four.thread == pid
     # the thread's bind is the process's: pid is the process, thread the thread that called
-    thread_id = report["binds"][2]["thread"]  # type: ignore[index]
+    thread_id = report["binds"][2]["thread"]
     assert (threaded.pid, threaded.thread) == (pid, thread_id) and thread_id != pid
     assert threaded.process != "binder-thread"
 
@@ -111,8 +91,8 @@ def test_a_successful_bind_is_never_reported(netns: PrivateNetns, trace: T.BindE
     with plant(f"listen4:{P}", netns=netns):
         # a free port, the same port over UDP (a TCP listener does not hold it), then a failure
         report = bind_in(netns, f"tcp4:{Q}", f"udp4:{P}", f"tcp6:{P}", f"tcp4:{P}")
-    assert errors(report) == [0, 0, 0, errno.EADDRINUSE]
-    pid = int(report["pid"])  # type: ignore[call-overload]
+    assert bind_errors(report) == [0, 0, 0, errno.EADDRINUSE]
+    pid = int(report["pid"])
     # records arrive in order: a reported success would come before the failure
     assert [(f.port, f.transport) for f in failures_of(trace, pid, 1)] == [(P, "tcp")]
 
@@ -120,7 +100,7 @@ def test_a_successful_bind_is_never_reported(netns: PrivateNetns, trace: T.BindE
 def test_a_udp_bind_failure_names_udp(netns: PrivateNetns, trace: T.BindEventSource) -> None:
     with plant(f"udp4:{P}", netns=netns):
         report = bind_in(netns, f"udp4:{P}")
-    assert errors(report) == [errno.EADDRINUSE]
+    assert bind_errors(report) == [errno.EADDRINUSE]
     [failure] = failures_of(trace, int(report["pid"]), 1)  # type: ignore[call-overload]
     assert (failure.port, failure.transport) == (P, "udp")
 
@@ -164,7 +144,7 @@ def test_the_watcher_looks_up_holders_in_the_sockets_namespace_and_transport(
         assert watcher.backend is None and watcher.bind_backend == "bpf"
         with plant(f"listen4:{P}", f"udp4:{P}", netns=netns) as planted:
             report = bind_in(netns, f"tcp4:{P}")
-            pid = int(report["pid"])  # type: ignore[call-overload]
+            pid = int(report["pid"])
             found = next(e for e in watcher.bind_failures(DEADLINE) if e.failure.pid == pid)
     assert found.kind == "listener" and found.notes == ()
     assert found.report is not None and found.report.namespaces == (netns.name,)
