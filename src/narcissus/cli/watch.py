@@ -138,8 +138,30 @@ def _time_text(seconds: float) -> str:
 
 
 def bind_event_json(event: BindFailedEvent) -> dict[str, Any]:
-    """One failed bind as a JSON line; `holders` are `narcissus who --json`'s objects."""
-    failure, report = event.failure, event.report
+    """One failed bind as a JSON object; `holders` are `narcissus who --json`'s objects."""
+    return {**_bind_head(event), **_bind_holders(event), "backend": "bpf"}
+
+
+def bind_event_line(event: BindFailedEvent) -> str:
+    """`json.dumps(bind_event_json(event))`, with the holders' part encoded once per look:
+    a storm of failures on one port shares one look, and encoding it again for each event
+    would halve the rate the watch keeps up with."""
+    head = json.dumps(_bind_head(event))
+    cached = _ENCODED.get(id(event.report)) if event.report is not None else None
+    if cached is None or cached[0] is not event.report or cached[1] != event.notes:
+        holders = json.dumps({**_bind_holders(event), "backend": "bpf"})
+        cached = (event.report, event.notes, holders)
+        if event.report is not None:
+            _ENCODED.clear()  # one look at a time: reads come in order
+            _ENCODED[id(event.report)] = cached
+    return f"{head[:-1]}, {cached[2][1:]}"
+
+
+_ENCODED: dict[int, tuple[object, tuple[str, ...], str]] = {}
+
+
+def _bind_head(event: BindFailedEvent) -> dict[str, Any]:
+    failure = event.failure
     return {
         "event": "bind-failed",
         "time": _time_text(failure.time),
@@ -152,13 +174,18 @@ def bind_event_json(event: BindFailedEvent) -> dict[str, Any]:
         "port": failure.port,
         "transport": failure.transport,
         "netns": failure.netns_label,
+    }
+
+
+def _bind_holders(event: BindFailedEvent) -> dict[str, Any]:
+    report = event.report
+    return {
         "kind": event.kind,
         "holders": [holder_json(holder) for holder in report.holders] if report else [],
         "kinds": list(report.kinds()) if report else [],
         "advice": list(report.advice) if report else [],
         "owners_visible": report.owners_visible if report else None,
         "notes": [*event.notes, *(report.notes if report else ())],
-        "backend": "bpf",
     }
 
 
@@ -351,7 +378,7 @@ def _report(
     for failed in batch.bind_failures:
         seen.binds += 1
         if options.as_json:
-            _emit(json.dumps(bind_event_json(failed)))
+            _emit(bind_event_line(failed))
         else:
             for line in _bind_text(failed):
                 _emit(line)

@@ -37,7 +37,9 @@ so no stash is ever written that no exit program will delete.
 
 from __future__ import annotations
 
+import functools
 import re
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -477,12 +479,13 @@ class BindRecord(Value):
         return TRANSPORTS.get(self.protocol, f"protocol {self.protocol}")
 
 
+@functools.lru_cache(maxsize=1024)
 def _address_text(family: int, raw: bytes) -> str:
-    import ipaddress
-
+    """As the socket dumps spell addresses (inet_ntop: ::ffff:127.0.0.1 stays readable);
+    cached, since a storm of failures repeats one address."""
     if family == AF_INET:
-        return str(ipaddress.IPv4Address(raw[:4]))
-    return str(ipaddress.IPv6Address(raw[:16]))
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    return socket.inet_ntop(socket.AF_INET6, raw[:16])
 
 
 def _text(name: bytes) -> str:
