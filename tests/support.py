@@ -170,6 +170,7 @@ class Running:
         netns: PrivateNetns | None = None,
         argv: list[str] | None = None,
         env: dict[str, str] | None = None,
+        cwd: str | None = None,
     ) -> None:
         """`argv` replaces the whole command line (e.g. an unprivileged interpreter's)."""
         if argv is None:
@@ -183,7 +184,7 @@ class Running:
             text=True,
             close_fds=True,
             env=env,
-            cwd="/" if env is not None else None,
+            cwd=cwd,
         )
         self.lines: dict[str, queue.Queue[str]] = {"stdout": queue.Queue(), "stderr": queue.Queue()}
         self.readers = [

@@ -200,7 +200,7 @@ def test_the_bind_families_are_absent_where_the_watch_cannot_run(netns: PrivateN
     args = ["-m", "narcissus", "exporter", "--json", "--listen", "127.0.0.1:9469"]
     argv = unprivileged_argv([*args, "--backend", "poll"], netns=netns)
     env = {**os.environ, "PYTHONPATH": f"{SRC}:{site}"}
-    with Running(argv=argv, env=env) as exporter:
+    with Running(argv=argv, env=env, cwd="/") as exporter:  # a directory nobody may enter
         ready = exporter.json_line()
         _text, unprivileged = scrape(ready["url"], netns)
         exporter.stop(signal.SIGTERM)

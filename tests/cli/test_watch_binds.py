@@ -192,7 +192,11 @@ def test_nothing_stays_loaded_however_it_stops(signum: int) -> None:
         assert len(programs) == 2 and _listed(programs) == set(programs)
         status, _err = watch.stop(signum)
     # SIGTERM: 0 or 1 (whether another test run's bind failed meanwhile); Ctrl-C: 130
-    expected = {signal.SIGTERM: (0, 1), signal.SIGINT: (130,), signal.SIGKILL: (-signal.SIGKILL,)}
+    expected: dict[int, tuple[int, ...]] = {
+        signal.SIGTERM: (0, 1),
+        signal.SIGINT: (130,),
+        signal.SIGKILL: (-signal.SIGKILL,),
+    }
     assert status in expected[signum]
     deadline = time.monotonic() + DEADLINE  # the kernel frees them as their last fd closes
     while _listed(programs) and time.monotonic() < deadline:

@@ -101,7 +101,7 @@ def test_a_udp_bind_failure_names_udp(netns: PrivateNetns, trace: T.BindEventSou
     with plant(f"udp4:{P}", netns=netns):
         report = bind_in(netns, f"udp4:{P}")
     assert bind_errors(report) == [errno.EADDRINUSE]
-    [failure] = failures_of(trace, int(report["pid"]), 1)  # type: ignore[call-overload]
+    [failure] = failures_of(trace, int(report["pid"]), 1)
     assert (failure.port, failure.transport) == (P, "udp")
 
 
