@@ -117,6 +117,27 @@ def plant(*specs: str, netns: PrivateNetns | None = None) -> Iterator[Planted]:
             process.wait()
 
 
+BINDER = TESTS / "binder.py"
+
+
+def bind_in(netns: PrivateNetns, *specs: str) -> dict[str, Any]:
+    """Run tests/binder.py in `netns` (binds that fail or not); its report: pid, and per bind
+    the port, errno (0: bound) and thread id."""
+    done = subprocess.run(
+        netns.wrap([sys.executable, str(BINDER), *specs]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def bind_errors(report: dict[str, Any]) -> list[int]:
+    return [int(item["error"]) for item in report["binds"]]
+
+
 # ---------------------------------------------------------------- the command line
 
 
@@ -143,12 +164,27 @@ class Running:
     already read into the buffer). Every JSON object read is kept in `objects`.
     """
 
-    def __init__(self, *args: str, netns: PrivateNetns | None = None) -> None:
-        argv = [sys.executable, "-m", "narcissus", *args]
-        if netns is not None:
-            argv = netns.wrap(argv)
+    def __init__(
+        self,
+        *args: str,
+        netns: PrivateNetns | None = None,
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> None:
+        """`argv` replaces the whole command line (e.g. an unprivileged interpreter's)."""
+        if argv is None:
+            argv = [sys.executable, "-m", "narcissus", *args]
+            if netns is not None:
+                argv = netns.wrap(argv)
         self.process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, close_fds=True
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            close_fds=True,
+            env=env,
+            cwd=cwd,
         )
         self.lines: dict[str, queue.Queue[str]] = {"stdout": queue.Queue(), "stderr": queue.Queue()}
         self.readers = [

@@ -10,8 +10,10 @@ Prevention:      install(retries=0), uninstall(), guarded(retries=0), is_self_co
                  reserve_ports(ports, persist=False, dry_run=False), lint_paths(paths, os_names=)
                  shield_on(cgroup=None), shield_off(cgroup=None), shield_status() (Linux, root)
 Odds:            estimate_odds(port, model=None, interval=0.2, ...) -> Estimate
-Watching:        Watcher(backend="auto", interval=1.0), self_connects(backend, duration=None)
-                 -> SelfConnectEvent...; MetricsExporter(host, port) (needs prometheus_client)
+Watching:        Watcher(backend="auto", interval=1.0, binds=False), self_connects(backend,
+                 duration=None) -> SelfConnectEvent...; bind_failures(duration=None) ->
+                 BindFailedEvent... (root, Linux); MetricsExporter(host, port)
+                 (needs prometheus_client)
 Errors:          SelfConnectError (a ConnectionRefusedError), InputError, UnsupportedError
 """
 
@@ -22,7 +24,7 @@ from narcissus.errors import InputError, NarcissusError, SelfConnectError, Unsup
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from narcissus.core.watch import SelfConnectEvent
+    from narcissus.core.watch import BindFailedEvent, SelfConnectEvent
     from narcissus.diagnose.ports import (
         classify_port,
         ephemeral_ports,
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
         reserved_ports,
     )
     from narcissus.diagnose.scan import scan_namespaces as scan
-    from narcissus.diagnose.watch import Watcher, self_connects
+    from narcissus.diagnose.watch import Watcher, bind_failures, self_connects
     from narcissus.diagnose.who import who
     from narcissus.fleet.exporter import MetricsExporter
     from narcissus.prevent.free_port import claimed_port, free_port, release_port
@@ -65,10 +67,13 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Watcher": ("narcissus.diagnose.watch", "Watcher"),
     "self_connects": ("narcissus.diagnose.watch", "self_connects"),
     "SelfConnectEvent": ("narcissus.core.watch", "SelfConnectEvent"),
+    "bind_failures": ("narcissus.diagnose.watch", "bind_failures"),
+    "BindFailedEvent": ("narcissus.core.watch", "BindFailedEvent"),
     "MetricsExporter": ("narcissus.fleet.exporter", "MetricsExporter"),
 }
 
 __all__ = [
+    "BindFailedEvent",
     "InputError",
     "MetricsExporter",
     "NarcissusError",
@@ -77,6 +82,7 @@ __all__ = [
     "UnsupportedError",
     "Watcher",
     "__version__",
+    "bind_failures",
     "claimed_port",
     "classify_port",
     "ephemeral_ports",

@@ -129,6 +129,8 @@ CASES: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
     (("watch", "--backend", "ftrace", "--interval", "1s"), 2, ("--interval", "ftrace")),
     (("watch", "--backend", "bpf"), 2, ("--backend", "bpf")),
     (("watch", "--exec", " "), 2, ("--exec needs a command",)),
+    (("watch", "--binds", "--backend", "poll"), 2, ("--binds alone", "--self-connects")),
+    (("watch", "--binds", "--interval", "1s"), 2, ("--backend and --interval",)),
     # who
     (("who",), 2, ("the following arguments are required", "PORT")),
     (("who", "0"), 2, ("1 to 65535",)),
@@ -223,6 +225,10 @@ def test_lint_of_a_named_file_it_cannot_read_exits_2(tmp_path: Path) -> None:
 def test_what_needs_root_says_so_with_exit_3() -> None:
     _assert_cannot(run_unprivileged("reserve", "--json", "50000"), 3, "needs root")
     _assert_cannot(run_unprivileged("shield", "status", "--json"), 3, "needs root")
+    _assert_cannot(
+        run_unprivileged("watch", "--binds", "--json", "--duration", "5"), 3, "needs root"
+    )
+    _assert_cannot(run_unprivileged("watch", "--binds", "--self-connects"), 3, "needs root")
 
 
 def test_reserve_refuses_to_take_a_namespace_off_the_network() -> None:

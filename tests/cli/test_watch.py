@@ -134,3 +134,32 @@ def test_bad_input_gets_one_line_and_exit_2() -> None:
     assert_one_line_error(run_cli("watch", "--duration", "nan"), "--duration")
     assert_one_line_error(run_cli("watch", "--exec", " "), "--exec needs a command")
     assert_one_line_error(run_cli("watch", "--backend", "bpf"), "--backend", "bpf")
+
+
+def test_a_failed_binds_json_line_is_its_object_however_it_is_encoded() -> None:
+    """The CLI encodes the holders' part once per look (a storm shares one look); the line
+    must be exactly the object, for each event of the look and for one without a look."""
+    from narcissus.cli.watch import bind_event_json, bind_event_line
+    from narcissus.core.bind_trace import BindFailure
+    from narcissus.core.sockets import Owner, TcpState
+    from narcissus.core.watch import BindFailedEvent
+    from narcissus.core.who import PortReport, PortSocket, classify
+
+    listener = PortSocket(
+        "tcp", "ipv4", "0.0.0.0", 6379, "0.0.0.0", 0, TcpState.LISTEN,
+        owners=(Owner(7, "redis-server"),),
+    )  # fmt: skip
+    report = PortReport(6379, classify([listener]), ("stop it",), ("host",), True, "test")
+    events = [
+        BindFailedEvent(
+            BindFailure(1.5 + n, 10 + n, 10 + n, "redis", "ipv4", "127.0.0.1", 6379, "tcp", None),
+            report,
+        )
+        for n in range(3)
+    ]
+    events.append(BindFailedEvent(events[0].failure, None, ("its namespace was gone",)))
+    for event in events:
+        assert json.loads(bind_event_line(event)) == bind_event_json(event)
+        assert list(json.loads(bind_event_line(event))) == list(bind_event_json(event))
+    assert bind_event_json(events[1])["holders"][0]["pids"] == [7]
+    assert bind_event_json(events[3])["kind"] == "none"

@@ -12,6 +12,7 @@ seconds (the rendering is checked to change nothing else); the firing itself is 
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -29,7 +30,7 @@ import pytest
 import yaml
 
 from narcissus import free_port
-from tests.support import PrivateNetns, Running, plant
+from tests.support import PrivateNetns, Running, bind_errors, bind_in, plant
 
 ROOT = Path(__file__).parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "narcissus-rules.yml"
@@ -214,6 +215,12 @@ def test_alerts_fire_through_a_real_prometheus(netns: PrivateNetns, tmp_path: Pa
         with plant("self4", "listen4:40010", "listen4:30000", netns=netns) as planted:
             fired = server.until("TcpSelfConnect firing", lambda: server.alerts("TcpSelfConnect"))
             self_connect_seconds = time.monotonic() - planted_at
+            # a server failing to bind the self-connected port: the bind-failures panel's data
+            failed = bind_in(netns, f"any4:{planted.ports('self4')[0]}")
+            server.until(
+                "a failed bind counted",
+                lambda: server.query('narcissus_bind_failures_total{kind="self-connect"} > 0'),
+            )
             states: set[str] = set()
 
             def listener_firing() -> list[dict[str, Any]]:
@@ -240,6 +247,7 @@ def test_alerts_fire_through_a_real_prometheus(netns: PrivateNetns, tmp_path: Pa
     assert listener[0]["labels"]["process"].startswith("python")
     assert "pending" in states or listener_seconds >= 3  # `for:` held it back first
     assert detection_down == []
+    assert bind_errors(failed) == [errno.EADDRINUSE]
     assert set(health.values()) == {"ok"}, health  # e.g. no duplicate label sets while firing
     assert checked >= 10
     print(
@@ -253,6 +261,7 @@ def check_dashboard(server: Prometheus) -> int:
     """Every dashboard query parses and evaluates; the self-connect and listener panels, and
     the host variable, return data now that both were planted. Returns how many were run."""
     must_have_data = (
+        "Bind failures per host and kind",
         "Self-connects over time",
         "Listeners at risk per host",
         "Listeners at risk",

@@ -48,6 +48,8 @@ def test_what_an_os_cannot_do_it_says_so(name: str) -> None:
     assert module.reserved_ports_writable() is False
     with pytest.raises(UnsupportedError, match="Linux"):
         module.trace_self_connects()
+    with pytest.raises(UnsupportedError, match="needs Linux"):
+        module.trace_bind_failures()
     with pytest.raises(UnsupportedError, match="Linux"):
         module.isolate_network(PortRange(50000, 50000), user_namespace=True)
     with pytest.raises(UnsupportedError, match="only on Linux"):
@@ -60,7 +62,7 @@ def test_what_an_os_cannot_do_it_says_so(name: str) -> None:
 
 
 def test_the_capabilities_are_named_in_one_vocabulary() -> None:
-    known = {"netns", "kill", "trace", "reserve", "isolate", "shield"}
+    known = {"netns", "kill", "trace", "binds", "reserve", "isolate", "shield"}
     assert known >= system.CAPABILITIES
     assert {"netns", "kill", "trace", "reserve", "isolate"} <= system.CAPABILITIES  # Linux CI
 

@@ -69,7 +69,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "watch": (
         "narcissus.cli.watch",
-        "report every TCP self-connect as it happens (ftrace as root, else polling)",
+        "report every TCP self-connect as it happens; --binds: every failed bind, with who "
+        "holds the port",
     ),
     "exporter": (
         "narcissus.cli.exporter",

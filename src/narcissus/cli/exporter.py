@@ -41,17 +41,23 @@ Serve Prometheus metrics at http://HOST:PORT/metrics (loopback, port 9469 by def
   narcissus_ephemeral_port_range_low / _high  the ephemeral port range
   narcissus_reserved_ports                    how many ports are reserved
   narcissus_detection_backend_info            ftrace (root, Linux) or poll
+  narcissus_bind_failures_total               bind() calls failing with EADDRINUSE, by the
+                                              kind of holder (label kind: self-connect,
+                                              time-wait, client, listener, other, none);
+                                              root on Linux only, absent elsewhere
 
 Sockets and settings are read at scrape time, in this network namespace; events come from a
-background watch (as `narcissus watch`). deploy/ in the source tree has alert rules, a Grafana
-dashboard, systemd units and Kubernetes manifests. Ctrl-C or SIGTERM stops it.
+background watch (as `narcissus watch`), failed binds from a second one (as
+`narcissus watch --binds`, every namespace; --no-binds turns it off). deploy/ in the source
+tree has alert rules, a Grafana dashboard, systemd units and Kubernetes manifests. Ctrl-C or
+SIGTERM stops it.
 
 --textfile DIR rewrites DIR/narcissus.prom every --interval (default 1m) with the same metrics
 (no process_* ones: node_exporter has its own), atomically: a temporary file in DIR, fsync,
 rename; nothing else is left in DIR, whatever stops it. With --once it writes the file once and
 exits; no watch runs then, so the event metrics (narcissus_self_connect_events_total,
-narcissus_detection_*) are left out and the TIME_WAIT gauge shows self-connects that closed
-within the last minute.
+narcissus_detection_*, narcissus_bind_*) are left out and the TIME_WAIT gauge shows
+self-connects that closed within the last minute.
 
 examples:
   narcissus exporter --listen 0.0.0.0:9469
@@ -101,6 +107,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "time between two polls of the socket table, poll backend only, 10ms to 1h (default "
         "1s). Takes 500ms, 30s, 1m, or a number of seconds",
     )
+    parser.add_argument(
+        "--no-binds",
+        dest="binds",
+        action="store_false",
+        help="do not count failed binds (by default, as root on Linux, BPF tracepoint programs "
+        "on bind() feed narcissus_bind_failures_total)",
+    )
     add_backend_options(parser, interval=False)
     add_json_option(parser, "print one JSON line when ready (the URL or file, the backend)")
 
@@ -130,7 +143,7 @@ def run(options: argparse.Namespace) -> int:
             f"writes), got {format_duration(options.interval)}"
         )
     backend, interval = backend_choice(options)
-    exporter = MetricsExporter(host, port, backend=backend, interval=interval)
+    exporter = MetricsExporter(host, port, backend=backend, interval=interval, binds=options.binds)
     idle = threading.Event()  # never set: the main thread sleeps here until a signal
     try:
         with stop_on_terminate(), exporter:
@@ -146,7 +159,9 @@ def _run_textfile(options: argparse.Namespace) -> int:
     from narcissus.fleet.exporter import TEXTFILE_INTERVAL, TextfileExporter
 
     every = options.interval or TEXTFILE_INTERVAL
-    exporter = TextfileExporter(options.textfile, backend=options.backend, watch=not options.once)
+    exporter = TextfileExporter(
+        options.textfile, backend=options.backend, watch=not options.once, binds=options.binds
+    )
     if options.once:  # SIGTERM interrupts like Ctrl-C here (exit 130); nothing is left behind
         with exporter:
             size = exporter.write()
@@ -180,6 +195,7 @@ def _announce_textfile(exporter: TextfileExporter, every: float, as_json: bool) 
             "path": exporter.path,
             "interval_seconds": every,
             "backend": exporter.backend,
+            "binds": exporter.bind_watcher is not None,
             "pid": os.getpid(),
             "notes": list(exporter.notes),
         }
@@ -204,6 +220,7 @@ def _announce_ready(exporter: MetricsExporter, as_json: bool) -> None:
             "address": exporter.host,
             "port": exporter.port,
             "backend": exporter.backend,
+            "binds": exporter.bind_watcher is not None,
             "pid": os.getpid(),
             "notes": list(exporter.notes),
         }

@@ -97,6 +97,7 @@ FUNC_ktime_get_ns = 5
 FUNC_get_current_pid_tgid = 14
 FUNC_get_current_comm = 16
 FUNC_perf_event_output = 25
+FUNC_get_current_task = 35
 FUNC_get_socket_cookie = 46
 FUNC_bind = 64
 FUNC_sk_lookup_tcp = 84

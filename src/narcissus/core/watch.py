@@ -4,6 +4,12 @@ Rules: pure values and functions, no I/O. `narcissus.diagnose.watch` builds even
 backend: a trace line (every self-connect, caught at the moment of simultaneous open) or a
 socket-table poll (only what is still there when the poll comes).
 
+Failed binds (`BindFailedEvent`) are the other face of a self-connect: a server that cannot
+bind its port because some socket holds it. A watcher reports each one with the holders found
+the moment it was read (`narcissus.core.who.PortReport`), and `kind` names the holder that
+matters most (the first of `narcissus.core.who.KINDS` present: what frees the port fastest),
+or "none" when nothing held the port any more by the time it looked.
+
 A poll sees a self-connected socket while it lives and its TIME_WAIT remnant for a minute after
 it closed normally; it sees nothing of one that was closed abortively (RST) between two polls.
 `NewSelfConnects` decides which sockets of a poll are news: a 4-tuple not in the previous poll,
@@ -21,6 +27,9 @@ from narcissus.core.values import Value
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
+
+    from narcissus.core.bind_trace import BindFailure
+    from narcissus.core.who import PortReport
 
     class EventSource(Protocol):
         """What a watcher backend offers (a tracer from the OS module, or polling)."""
@@ -136,20 +145,66 @@ class NewSelfConnects:
         return news
 
 
-class WatchBatch(Value):
-    """What one read produced: events, events the kernel dropped, and warnings."""
+NO_HOLDER = "none"  # the kind of a failed bind whose port nobody held by the time we looked
+BIND_KINDS = ("listener", "client", "self-connect", "time-wait", "other", NO_HOLDER)
 
-    __slots__ = ("events", "lost", "warnings")
+
+class BindFailedEvent(Value):
+    """A bind() that failed with EADDRINUSE, and who held the port when the watcher looked.
+
+    `report` is None when no look was possible (the namespace was gone, the transport is one
+    `who` cannot see, bind() asked for port 0); `notes` say why, or what to know about it."""
+
+    __slots__ = ("failure", "report", "notes")
+
+    def __init__(
+        self,
+        failure: BindFailure,
+        report: PortReport | None,
+        notes: tuple[str, ...] = (),
+    ) -> None:
+        self.failure = failure
+        self.report = report
+        self.notes = notes
+
+    @property
+    def kind(self) -> str:
+        """The holder that matters most (see the module docstring), or "none"."""
+        kinds = self.report.kinds() if self.report is not None else ()
+        return kinds[0] if kinds else NO_HOLDER
+
+
+class WatchBatch(Value):
+    """What one read produced: self-connect events, failed binds, what the kernel dropped of
+    each (trace events, bind records), and warnings."""
+
+    __slots__ = ("events", "lost", "warnings", "bind_failures", "bind_lost")
 
     def __init__(
         self,
         events: tuple[SelfConnectEvent, ...] = (),
         lost: int = 0,
         warnings: tuple[str, ...] = (),
+        bind_failures: tuple[BindFailedEvent, ...] = (),
+        bind_lost: int = 0,
     ) -> None:
         self.events = events
         self.lost = lost
         self.warnings = warnings
+        self.bind_failures = bind_failures
+        self.bind_lost = bind_lost
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.lost or self.warnings)
+        return bool(
+            self.events or self.lost or self.warnings or self.bind_failures or self.bind_lost
+        )
+
+    def merged(self, other: WatchBatch) -> WatchBatch:
+        """Both batches' contents, this one's first."""
+        return WatchBatch(
+            self.events + other.events,
+            self.lost + other.lost,
+            self.warnings + other.warnings,
+            self.bind_failures + other.bind_failures,
+            self.bind_lost + other.bind_lost,
+        )

@@ -40,11 +40,20 @@ def who(
     return [report_for(port, found, namespace_flags=flags, settings=settings) for port in wanted]
 
 
-def holders(port: int, namespace: Netns | None = None) -> PortReport:
+def holders(
+    port: int, namespace: Netns | None = None, *, transport: str | None = None
+) -> PortReport:
     """Who holds `port` in `namespace` (a value from `system.namespaces`; None: the current
     one) at this moment. Meant for a watcher that has just seen bind(port) fail: one call, one
-    namespace, no parsing of user input; the advice names that namespace's commands."""
-    found = [system.sockets_on_ports([port], namespace)]
+    namespace, no parsing of user input; the advice names that namespace's commands.
+    `transport` ("tcp" or "udp") keeps only the sockets a bind of that transport conflicts
+    with (a TCP bind never fails because of a UDP socket); None keeps both."""
+    look = system.sockets_on_ports([port], namespace)
+    if transport is not None:
+        look = look.replace(
+            sockets=tuple(sock for sock in look.sockets if sock.transport == transport)
+        )
+    found = [look]
     namespaces = [namespace] if namespace is not None else system.namespaces()
     settings = _settings_for_clients(found, namespaces)
     flags = _flags_for(namespaces[0].label)

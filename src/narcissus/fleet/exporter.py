@@ -8,6 +8,11 @@ Two sources feed one registry:
   lock, and a reading younger than `max_age` is reused), so fifty scrapers cost one scan.
 - a background thread that runs a `Watcher` and counts the self-connects it reports, so
   ones that lived a millisecond still show in `narcissus_self_connect_events_total`.
+- as root on Linux, a second background thread watching failed binds (`Watcher(binds=True)`:
+  BPF tracepoint programs on bind()), counted by the kind of holder that kept the port
+  (`narcissus_bind_failures_total{kind}`). Where that watch cannot run (not root, not Linux,
+  an old kernel) its families are absent, not zero: a dashboard then shows "no data" rather
+  than a reassuring flat line.
 
 The registry is served over HTTP (`MetricsExporter`) or written to a file for node_exporter's
 textfile collector (`TextfileExporter`, atomically: temporary file, fsync, rename). Both build
@@ -34,6 +39,7 @@ from dataclasses import dataclass
 
 from narcissus._version import __version__
 from narcissus.core.doctor import AtRisk, listeners_at_risk
+from narcissus.core.watch import BIND_KINDS, BindFailedEvent
 from narcissus.diagnose.watch import AUTO, DEFAULT_INTERVAL, Watcher
 from narcissus.errors import InputError, NarcissusError, UnsupportedError
 
@@ -109,6 +115,26 @@ class WatchCounts:
     def snapshot(self) -> tuple[int, int, bool]:
         with self._lock:
             return self.events, self.lost, self.running
+
+
+class BindCounts:
+    """Failed binds the background bind watch counted, by holder kind (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, int] = dict.fromkeys(BIND_KINDS, 0)
+        self.lost = 0
+        self.running = False
+        self._lock = threading.Lock()
+
+    def add(self, events: Iterable[BindFailedEvent], lost: int) -> None:
+        with self._lock:
+            for event in events:
+                self.kinds[event.kind] = self.kinds.get(event.kind, 0) + 1
+            self.lost += lost
+
+    def snapshot(self) -> tuple[dict[str, int], int, bool]:
+        with self._lock:
+            return dict(self.kinds), self.lost, self.running
 
 
 class SelfConnectCollector:
@@ -229,6 +255,54 @@ class SelfConnectCollector:
         yield listeners
 
 
+class BindFailureCollector:
+    """Failed binds by the kind of holder that kept the port; no families at all when no bind
+    watch runs (absent, not zero). Every kind is exported from the start, at 0, so the first
+    failure of a kind shows in `increase()`."""
+
+    def __init__(self, counts: BindCounts | None) -> None:
+        self.counts = counts
+
+    @classmethod
+    def from_sources(cls, sources: Sources) -> BindFailureCollector:
+        return cls(sources.binds)
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families(with_samples=False))
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(with_samples=True))
+
+    def _families(self, *, with_samples: bool) -> Iterator[Metric]:
+        if self.counts is None:
+            return
+        kinds, lost, running = self.counts.snapshot()
+        failures = CounterMetricFamily(
+            f"{PREFIX}_bind_failures",
+            "bind() calls that failed with EADDRINUSE since the exporter started, in every "
+            "network namespace, by the kind of socket that held the port when it was looked "
+            "up (self-connect, time-wait, client, listener, other; none: nothing held it any "
+            "more)",
+            labels=["kind"],
+        )
+        if with_samples:
+            for kind, count in kinds.items():
+                failures.add_metric([kind], count)
+        yield failures
+        families = _Families(with_samples)
+        yield families.counter(
+            "bind_failures_lost",
+            "Failed binds the kernel could not report because the BPF ring buffer was full; "
+            "they are missing from narcissus_bind_failures_total",
+            lost,
+        )
+        yield families.gauge(
+            "bind_watch_up",
+            "1 while the background watch counting failed binds (BPF on bind()) is running",
+            1 if running else 0,
+        )
+
+
 class _Families:
     """Builds metric families with the narcissus prefix, with or without their sample."""
 
@@ -250,11 +324,13 @@ class _Families:
 
 @dataclass(frozen=True, slots=True)
 class Sources:
-    """What a collector is built from: the watch totals (None without a background watch) and
-    how long a host reading may be reused."""
+    """What a collector is built from: the watch totals (None without a background watch),
+    how long a host reading may be reused, and the failed-bind totals (None without a bind
+    watch)."""
 
     counts: WatchCounts | None
     max_age: float = DEFAULT_MAX_AGE
+    binds: BindCounts | None = None
 
 
 class ShieldCollector:
@@ -318,8 +394,11 @@ CollectorFactory = Callable[[Sources], Collector]
 
 # Every family of narcissus metrics, HTTP and textfile alike. To add metrics, write a collector
 # (`collect()` yielding metric families named narcissus_*, `describe()` yielding them without
-# samples) and append its factory here.
+# samples) and add its factory here. The order is the output's: the shield's collector comes
+# last where it can be read, else the self-connect collector (its last family: the listeners at
+# risk); a textfile reader can tell a whole file by that ending.
 COLLECTORS: list[CollectorFactory] = [
+    BindFailureCollector.from_sources,
     SelfConnectCollector.from_sources,
     ShieldCollector.from_sources,
 ]
@@ -342,8 +421,8 @@ def build_registry(
 
 
 class _Exporter:
-    """The part both exporters share: an optional background watch counting self-connect
-    events, and the registry built from the collectors."""
+    """The part both exporters share: optional background watches counting self-connect
+    events and failed binds, and the registry built from the collectors."""
 
     def __init__(
         self,
@@ -354,14 +433,20 @@ class _Exporter:
         collectors: Sequence[CollectorFactory] | None,
         process: bool,
         watch: bool = True,
+        binds: bool = True,
     ) -> None:
         self.watcher: Watcher | None = Watcher(backend, interval=interval) if watch else None
+        self.bind_watcher: Watcher | None = None
+        self.want_binds = watch and binds
         self.max_age = max_age
         self.collectors = collectors
         self.process = process
         self.registry = CollectorRegistry()
         self.counts: WatchCounts | None = None
+        self.bind_counts: BindCounts | None = None
+        self._bind_notes: tuple[str, ...] = ()
         self._thread: threading.Thread | None = None
+        self._bind_thread: threading.Thread | None = None
         self._stop = threading.Event()
 
     @property
@@ -370,16 +455,32 @@ class _Exporter:
 
     @property
     def notes(self) -> tuple[str, ...]:
-        return self.watcher.notes if self.watcher is not None else ()
+        own = self.watcher.notes if self.watcher is not None else ()
+        return own + self._bind_notes
+
+    def _start_binds(self) -> None:
+        """The failed-bind watch, where it can run; where not, a note says why."""
+        if not self.want_binds:
+            return
+        watcher = Watcher(self_connects=False, binds=True)
+        try:
+            watcher.start()
+        except (UnsupportedError, OSError) as exc:
+            self._bind_notes = (f"failed binds are not counted: {exc}",)
+            return
+        self.bind_watcher = watcher
+        self.bind_counts = BindCounts()
+        self._bind_notes = watcher.notes
 
     def _start_watch(self) -> None:
-        """Start the watch (if any) and build the registry; undone by `_stop_watch`."""
-        if self.watcher is not None:
-            self.watcher.start()
-            assert self.watcher.backend is not None
-            self.counts = WatchCounts(self.watcher.backend)
+        """Start the watches (if any) and build the registry; undone by `_stop_watch`."""
         try:
-            sources = Sources(self.counts, self.max_age)
+            if self.watcher is not None:
+                self.watcher.start()
+                assert self.watcher.backend is not None
+                self.counts = WatchCounts(self.watcher.backend)
+            self._start_binds()
+            sources = Sources(self.counts, self.max_age, self.bind_counts)
             self.registry = build_registry(
                 sources, collectors=self.collectors, process=self.process
             )
@@ -388,11 +489,27 @@ class _Exporter:
             raise
 
     def _run_watch(self) -> None:
+        if self.bind_watcher is not None and self.bind_counts is not None:
+            self.bind_counts.running = True
+            self._bind_thread = threading.Thread(
+                target=self._count_binds, name="narcissus-binds", daemon=True
+            )
+            self._bind_thread.start()
         if self.watcher is None or self.counts is None:
             return
         self.counts.running = True
         self._thread = threading.Thread(target=self._count, name="narcissus-watch", daemon=True)
         self._thread.start()
+
+    def _count_binds(self) -> None:
+        assert self.bind_counts is not None and self.bind_watcher is not None
+        try:
+            for batch in self.bind_watcher.batches(stop=self._stop):
+                self.bind_counts.add(batch.bind_failures, batch.bind_lost)
+        except Exception as exc:  # the exporter keeps going; bind_watch_up says it stopped
+            sys.stderr.write(f"narcissus exporter: the failed-bind watch stopped: {exc}\n")
+        finally:
+            self.bind_counts.running = False
 
     def _count(self) -> None:
         assert self.counts is not None and self.watcher is not None
@@ -406,18 +523,25 @@ class _Exporter:
 
     def _stop_watch(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self.watcher is not None:
-            self.watcher.close()
+        for thread in (self._thread, self._bind_thread):
+            if thread is not None:
+                thread.join(timeout=10)
+        try:
+            if self.bind_watcher is not None:
+                self.bind_watcher.close()
+        finally:
+            if self.watcher is not None:
+                self.watcher.close()
 
 
 class MetricsExporter(_Exporter):
-    """Serves /metrics over HTTP and counts self-connects in a background thread.
+    """Serves /metrics over HTTP and counts self-connects in a background thread (and failed
+    binds in another, as root on Linux, unless `binds=False`).
 
-    `start()` returns once both run; `url` is where the metrics are (with the real port when
+    `start()` returns once all run; `url` is where the metrics are (with the real port when
     port 0 asked for any free one). `stop()` (or leaving the `with` block) stops the server and
-    the watch and releases the tracing instance. `collectors` replaces `COLLECTORS`.
+    the watches and releases the tracing instance and the BPF programs. `collectors` replaces
+    `COLLECTORS`.
     """
 
     def __init__(
@@ -429,6 +553,7 @@ class MetricsExporter(_Exporter):
         interval: float = DEFAULT_INTERVAL,
         max_age: float = DEFAULT_MAX_AGE,
         collectors: Sequence[CollectorFactory] | None = None,
+        binds: bool = True,
     ) -> None:
         super().__init__(
             backend=backend,
@@ -436,6 +561,7 @@ class MetricsExporter(_Exporter):
             max_age=max_age,
             collectors=collectors,
             process=True,
+            binds=binds,
         )
         self.host = host
         self.port = port
@@ -503,7 +629,8 @@ class TextfileExporter(_Exporter):
     fsync, rename), so a reader sees the old file or the new one, never part of one; the
     temporary file is removed on every exit path, a signal included. With `watch=False` (a
     one-shot write) no background watch runs and the event families are left out, rather than
-    reported as a watch that is down. No process_* metrics: node_exporter has its own.
+    reported as a watch that is down; failed binds are counted as by `MetricsExporter`. No
+    process_* metrics: node_exporter has its own.
     """
 
     def __init__(
@@ -515,6 +642,7 @@ class TextfileExporter(_Exporter):
         max_age: float = DEFAULT_MAX_AGE,
         collectors: Sequence[CollectorFactory] | None = None,
         watch: bool = True,
+        binds: bool = True,
     ) -> None:
         super().__init__(
             backend=backend,
@@ -523,6 +651,7 @@ class TextfileExporter(_Exporter):
             collectors=collectors,
             process=False,
             watch=watch,
+            binds=binds,
         )
         self.directory = directory
         self.path = os.path.join(directory, TEXTFILE_NAME)

@@ -13,7 +13,8 @@ Every OS module offers exactly the names in `CONTRACT`, with the same signatures
 read it) beside its row in `narcissus.core.oses` (what is true of it).
 
 Capabilities: "netns" (other network namespaces), "kill" (destroy a socket from outside),
-"trace" (every self-connect as it happens), "reserve" (change the reserved ports), "isolate"
+"trace" (every self-connect as it happens), "binds" (every bind() failing with EADDRINUSE as
+it happens), "reserve" (change the reserved ports), "isolate"
 (a private namespace with its own port range), "shield" (refuse self-connects in the kernel).
 """
 
@@ -49,6 +50,7 @@ CONTRACT = (
     "reserved_ports_writable",
     "write_reserved_ports",
     "trace_self_connects",
+    "trace_bind_failures",
     "isolate_network",
     "shield_on",
     "shield_off",
@@ -72,6 +74,7 @@ process_start_time = _os_module.process_start_time
 reserved_ports_writable = _os_module.reserved_ports_writable
 write_reserved_ports = _os_module.write_reserved_ports
 trace_self_connects = _os_module.trace_self_connects
+trace_bind_failures = _os_module.trace_bind_failures
 isolate_network = _os_module.isolate_network
 shield_on = _os_module.shield_on
 shield_off = _os_module.shield_off

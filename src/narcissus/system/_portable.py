@@ -23,6 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from narcissus.core.bind_trace import BindEventSource
     from narcissus.core.shield import ShieldedRun, ShieldStatus
     from narcissus.core.watch import EventSource
     from narcissus.core.who import PortSocket, PortSockets
@@ -265,6 +266,12 @@ def write_reserved_ports(ports: PortSet, netns: Netns | None = None) -> None:
 
 def trace_self_connects() -> EventSource:
     raise UnsupportedError("catching every self-connect as it happens needs Linux (ftrace)")
+
+
+def trace_bind_failures() -> BindEventSource:
+    raise UnsupportedError(
+        "watching failed binds as they happen needs Linux (BPF tracepoints on bind())"
+    )
 
 
 def isolate_network(port_range: PortRange, *, user_namespace: bool) -> None:

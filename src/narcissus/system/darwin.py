@@ -27,6 +27,7 @@ from narcissus.system._portable import (
     shield_on,
     shield_status,
     sockets_on_ports,
+    trace_bind_failures,
     trace_self_connects,
     write_reserved_ports,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "shield_on",
     "shield_status",
     "sockets_on_ports",
+    "trace_bind_failures",
     "trace_self_connects",
     "write_reserved_ports",
 ]

@@ -24,6 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from narcissus.core.bind_trace import BindEventSource
     from narcissus.core.ephemeral import EphemeralPorts
     from narcissus.core.ports import PortRange, PortSet
     from narcissus.core.shield import ShieldedRun, ShieldStatus
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 BACKEND = "netlink sock_diag"
 # What this OS module can do beyond reading settings and sockets (see narcissus.system).
-CAPABILITIES = frozenset({"netns", "kill", "trace", "reserve", "isolate", "shield"})
+CAPABILITIES = frozenset({"netns", "kill", "trace", "binds", "reserve", "isolate", "shield"})
 _FAMILIES = (socket.AF_INET, socket.AF_INET6)
 # A self-connected socket is never a listener; leaving LISTEN out also skips every server socket.
 _SCAN_STATES = ALL_STATES_MASK & ~state_mask(TcpState.LISTEN)
@@ -63,6 +64,7 @@ __all__ = [
     "shield_on",
     "shield_status",
     "sockets_on_ports",
+    "trace_bind_failures",
     "trace_self_connects",
     "write_reserved_ports",
 ]
@@ -198,6 +200,14 @@ def trace_self_connects() -> EventSource:
     from narcissus.system.linux.tracing import SelfConnectTrace
 
     return SelfConnectTrace()
+
+
+def trace_bind_failures() -> BindEventSource:
+    """A tracer that reports every bind() on the host failing with EADDRINUSE as it happens
+    (start() it; root): BPF tracepoint programs on the bind() syscall."""
+    from narcissus.system.linux.bind_trace import BindTrace
+
+    return BindTrace()
 
 
 def isolate_network(port_range: PortRange, *, user_namespace: bool) -> None:

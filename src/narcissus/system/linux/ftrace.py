@@ -271,6 +271,10 @@ class TraceInstance:
         self._poller.register(self._fd, select.POLLIN)
         _write(os.path.join(event_dir, "enable"), "1")
 
+    def fileno(self) -> int:
+        """trace_pipe's fd (-1 when closed): readable (poll) when lines wait."""
+        return self._fd
+
     def read_lines(self, timeout: float, *, max_bytes: int = 1 << 20) -> list[str]:
         """Complete lines available now, waiting up to `timeout` seconds for the first one.
 

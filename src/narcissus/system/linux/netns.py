@@ -8,6 +8,7 @@ lets the caller open what it needs, and always switches back.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -145,6 +146,53 @@ def of_process(pid: int) -> Netns | None:
     own = current()
     label = own.label if own.inode == inode else f"net:[{inode}]"
     return Netns(label, path, inode)
+
+
+def by_inode(inode: int, pids: tuple[int, ...] = ()) -> Netns | None:
+    """The namespace whose nsfs inode is `inode`, with a path that leads into it now: through
+    one of `pids` (the process that was seen there: cheapest), a name under /run/netns, this
+    process, or any running process in it. None when nothing keeps it reachable (its last
+    process exited and it has no name: it is gone, and its sockets with it).
+
+    Labels follow `current()` and `resolve()`: "host", a name, this process's own label, or
+    `pid:N` for an unnamed namespace (so `--netns N` names it in advice)."""
+    try:
+        if _inode("/proc/1/ns/net") == inode:
+            return Netns("host", "/proc/1/ns/net", inode)
+    except OSError:
+        pass  # init is hidden (a container): names and processes still tell
+    named = _named_with_inode(inode)
+    if named is not None:
+        return named
+    own = current()
+    if own.inode == inode:
+        return own
+    for pid in pids:
+        path = f"/proc/{pid}/ns/net"
+        with contextlib.suppress(OSError):
+            if _inode(path) == inode:
+                return Netns(f"pid:{pid}", path, inode)
+    with os.scandir("/proc") as entries:
+        candidates = [entry.name for entry in entries if entry.name.isdigit()]
+    for name in candidates:
+        path = f"/proc/{name}/ns/net"
+        with contextlib.suppress(OSError):
+            if _inode(path) == inode:
+                return Netns(f"pid:{name}", path, inode)
+    return None
+
+
+def _named_with_inode(inode: int) -> Netns | None:
+    try:
+        names = sorted(os.listdir(NAMED_NETNS_DIR))
+    except OSError:
+        return None
+    for name in names:
+        path = f"{NAMED_NETNS_DIR}/{name}"
+        with contextlib.suppress(OSError):
+            if _inode(path) == inode:
+                return Netns(name, path, inode)
+    return None
 
 
 def all_namespaces() -> list[Netns]:

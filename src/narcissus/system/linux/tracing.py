@@ -53,6 +53,11 @@ class SelfConnectTrace:
             )
         return tuple(notes)
 
+    def fileno(self) -> int:
+        """An fd that polls readable when trace lines wait (lets a watcher wait on several
+        sources at once)."""
+        return self.instance.fileno()
+
     def _event(self, change: StateChange, clock_offset: float) -> SelfConnectEvent:
         pid: int | None = None
         process: str | None = None
