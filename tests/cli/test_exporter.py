@@ -167,7 +167,7 @@ def bind_failures(samples: Samples) -> dict[str, float]:
 def test_failed_binds_are_counted_by_the_holders_kind(netns: PrivateNetns) -> None:
     """The bind watch counts every namespace (other test runs' failed binds too), so the check
     is that each planted failure moved its own kind's counter."""
-    args = ("exporter", "--json", "--listen", "127.0.0.1:0", "--backend", "poll")
+    args = ("exporter", "--json", "--listen", "127.0.0.1:0", "--backend", "poll", "--binds")
     with Running(*args, netns=netns) as exporter:
         ready = exporter.json_line()
         assert ready["binds"] is True
@@ -193,12 +193,13 @@ def test_failed_binds_are_counted_by_the_holders_kind(netns: PrivateNetns) -> No
 
 
 def test_the_bind_families_are_absent_where_the_watch_cannot_run(netns: PrivateNetns) -> None:
-    """As nobody (no BPF), and with --no-binds: no bind families at all, not zeros."""
+    """As nobody, with --binds (no BPF there), and as root without --binds (the default): no
+    bind families at all, not zeros."""
     import prometheus_client
 
     site = str(Path(prometheus_client.__file__).parents[1])
     args = ["-m", "narcissus", "exporter", "--json", "--listen", "127.0.0.1:9469"]
-    argv = unprivileged_argv([*args, "--backend", "poll"], netns=netns)
+    argv = unprivileged_argv([*args, "--binds", "--backend", "poll"], netns=netns)
     env = {**os.environ, "PYTHONPATH": f"{SRC}:{site}"}
     with Running(argv=argv, env=env, cwd="/") as exporter:  # a directory nobody may enter
         ready = exporter.json_line()
@@ -207,7 +208,7 @@ def test_the_bind_families_are_absent_where_the_watch_cannot_run(netns: PrivateN
     assert ready["binds"] is False
     assert any("failed binds are not counted" in note and "needs root" in note
                for note in ready["notes"])  # fmt: skip
-    with Running(*args[2:], "--no-binds", "--backend", "poll", netns=netns) as exporter:
+    with Running(*args[2:], "--backend", "poll", netns=netns) as exporter:
         ready = exporter.json_line()
         _text, disabled = scrape(ready["url"], netns)
         exporter.stop(signal.SIGTERM)

@@ -190,7 +190,10 @@ def test_alerts_fire_through_a_real_prometheus(netns: PrivateNetns, tmp_path: Pa
     with netns.entered():
         exporter_port = free_port()
     listen = f"127.0.0.1:{exporter_port}"
-    args = ("exporter", "--json", "--listen", listen, "--backend", "poll", "--interval", "200ms")
+    args = (
+        *("exporter", "--json", "--listen", listen, "--backend", "poll", "--interval", "200ms"),
+        "--binds",
+    )
     with Running(*args, netns=netns) as exporter, prometheus(netns, tmp_path, listen) as server:
         assert exporter.json_line()["event"] == "ready"
 

@@ -41,16 +41,19 @@ Serve Prometheus metrics at http://HOST:PORT/metrics (loopback, port 9469 by def
   narcissus_ephemeral_port_range_low / _high  the ephemeral port range
   narcissus_reserved_ports                    how many ports are reserved
   narcissus_detection_backend_info            ftrace (root, Linux) or poll
-  narcissus_bind_failures_total               bind() calls failing with EADDRINUSE, by the
-                                              kind of holder (label kind: self-connect,
-                                              time-wait, client, listener, other, none);
-                                              root on Linux only, absent elsewhere
+  narcissus_bind_failures_total               with --binds: bind() calls failing with
+                                              EADDRINUSE, by the kind of holder (label kind:
+                                              self-connect, time-wait, client, listener,
+                                              other, none); root on Linux only, absent
+                                              elsewhere
 
 Sockets and settings are read at scrape time, in this network namespace; events come from a
-background watch (as `narcissus watch`), failed binds from a second one (as
-`narcissus watch --binds`, every namespace; --no-binds turns it off). deploy/ in the source
-tree has alert rules, a Grafana dashboard, systemd units and Kubernetes manifests. Ctrl-C or
-SIGTERM stops it.
+background watch (as `narcissus watch`), and with --binds failed binds from a second one (as
+`narcissus watch --binds`, every namespace). --binds is off by default: while its programs are
+attached to the bind() syscall tracepoints, every system call on the host takes the kernel's
+slower path (measured: +10-17% on a getppid() loop), a price to choose, not to find out.
+deploy/ in the source tree has alert rules, a Grafana dashboard, systemd units and Kubernetes
+manifests. Ctrl-C or SIGTERM stops it.
 
 --textfile DIR rewrites DIR/narcissus.prom every --interval (default 1m) with the same metrics
 (no process_* ones: node_exporter has its own), atomically: a temporary file in DIR, fsync,
@@ -108,11 +111,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "1s). Takes 500ms, 30s, 1m, or a number of seconds",
     )
     parser.add_argument(
-        "--no-binds",
-        dest="binds",
-        action="store_false",
-        help="do not count failed binds (by default, as root on Linux, BPF tracepoint programs "
-        "on bind() feed narcissus_bind_failures_total)",
+        "--binds",
+        action="store_true",
+        help="also count failed binds by the kind of holder (narcissus_bind_failures_total; "
+        "root, Linux: BPF on the bind() syscall tracepoints, which slows every system call of "
+        "the host by ~10-17%% while attached)",
     )
     add_backend_options(parser, interval=False)
     add_json_option(parser, "print one JSON line when ready (the URL or file, the backend)")

@@ -433,7 +433,7 @@ class _Exporter:
         collectors: Sequence[CollectorFactory] | None,
         process: bool,
         watch: bool = True,
-        binds: bool = True,
+        binds: bool = False,
     ) -> None:
         self.watcher: Watcher | None = Watcher(backend, interval=interval) if watch else None
         self.bind_watcher: Watcher | None = None
@@ -536,7 +536,7 @@ class _Exporter:
 
 class MetricsExporter(_Exporter):
     """Serves /metrics over HTTP and counts self-connects in a background thread (and failed
-    binds in another, as root on Linux, unless `binds=False`).
+    binds in another, as root on Linux, when `binds=True`).
 
     `start()` returns once all run; `url` is where the metrics are (with the real port when
     port 0 asked for any free one). `stop()` (or leaving the `with` block) stops the server and
@@ -553,7 +553,7 @@ class MetricsExporter(_Exporter):
         interval: float = DEFAULT_INTERVAL,
         max_age: float = DEFAULT_MAX_AGE,
         collectors: Sequence[CollectorFactory] | None = None,
-        binds: bool = True,
+        binds: bool = False,
     ) -> None:
         super().__init__(
             backend=backend,
@@ -642,7 +642,7 @@ class TextfileExporter(_Exporter):
         max_age: float = DEFAULT_MAX_AGE,
         collectors: Sequence[CollectorFactory] | None = None,
         watch: bool = True,
-        binds: bool = True,
+        binds: bool = False,
     ) -> None:
         super().__init__(
             backend=backend,
