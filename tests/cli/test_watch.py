@@ -141,12 +141,12 @@ def test_a_failed_binds_json_line_is_its_object_however_it_is_encoded() -> None:
     must be exactly the object, for each event of the look and for one without a look."""
     from narcissus.cli.watch import bind_event_json, bind_event_line
     from narcissus.core.bind_trace import BindFailure
-    from narcissus.core.sockets import Owner, TcpState
+    from narcissus.core.sockets import Owner, Socket, TcpState
     from narcissus.core.watch import BindFailedEvent
-    from narcissus.core.who import PortReport, PortSocket, classify
+    from narcissus.core.who import PortReport, classify
 
-    listener = PortSocket(
-        "tcp", "ipv4", "0.0.0.0", 6379, "0.0.0.0", 0, TcpState.LISTEN,
+    listener = Socket(
+        "ipv4", "0.0.0.0", 6379, "0.0.0.0", 0, TcpState.LISTEN,
         owners=(Owner(7, "redis-server"),),
     )  # fmt: skip
     report = PortReport(6379, classify([listener]), ("stop it",), ("host",), True, "test")

@@ -159,17 +159,19 @@ def test_bad_input_gets_one_line_and_exit_2(
 def test_text_shows_at_most_forty_holders_per_port(capsys: pytest.CaptureFixture[str]) -> None:
     """A busy server has thousands of connections on its port: the text says how many more."""
     from narcissus.cli.who import _render
-    from narcissus.core.sockets import Owner, TcpState
-    from narcissus.core.who import PortSocket, PortSockets, advise, classify
+    from narcissus.core.scan import ScanReport
+    from narcissus.core.sockets import Owner, Socket, TcpState
+    from narcissus.core.who import advise, classify
     from narcissus.diagnose.who import report_for
 
     server = Owner(99, "server")
     sockets = [
-        PortSocket("tcp", "ipv4", "0.0.0.0", P, "0.0.0.0", 0, TcpState.LISTEN, owners=(server,))
+        Socket(
+            "ipv4", "0.0.0.0", P, "0.0.0.0", 0, TcpState.LISTEN, owners=(server,), transport="tcp"
+        )
     ]
     sockets += [
-        PortSocket(
-            "tcp",
+        Socket(
             "ipv4",
             "127.0.0.1",
             P,
@@ -177,10 +179,11 @@ def test_text_shows_at_most_forty_holders_per_port(capsys: pytest.CaptureFixture
             40000 + n,
             TcpState.ESTABLISHED,
             owners=(server,),
+            transport="tcp",
         )
         for n in range(100)
     ]
-    report = report_for(P, [PortSockets("host", tuple(sockets), True, "test")])
+    report = report_for(P, [ScanReport("host", tuple(sockets), True, "test")])
     assert len(report.holders) == 101 and len(report.advice) == len(advise(P, classify(sockets)))
     _render([report])
     out = capsys.readouterr().out

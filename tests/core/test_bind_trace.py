@@ -12,9 +12,9 @@ import pytest
 from narcissus.core import bind_trace as T
 from narcissus.core import bpf as B
 from narcissus.core.bind_trace import BindFailure, parse_record
-from narcissus.core.sockets import TcpState
+from narcissus.core.sockets import Socket, TcpState
 from narcissus.core.watch import BIND_KINDS, NO_HOLDER, BindFailedEvent, WatchBatch
-from narcissus.core.who import KINDS, PortReport, PortSocket, classify
+from narcissus.core.who import KINDS, PortReport, classify
 
 # Linux 6.18's format files, as tracefs prints them
 ENTER = """name: sys_enter_bind
@@ -110,13 +110,15 @@ def _failure(port: int = 6379) -> BindFailure:
     return BindFailure(1.0, 10, 11, "redis-server", "ipv4", "127.0.0.1", port, "tcp", None)
 
 
-def _report(*sockets: PortSocket) -> PortReport:
+def _report(*sockets: Socket) -> PortReport:
     return PortReport(6379, classify(sockets), (), ("host",), True, "test")
 
 
 def test_a_failed_bind_is_counted_under_the_holder_that_matters_most() -> None:
-    listener = PortSocket("tcp", "ipv4", "0.0.0.0", 6379, "0.0.0.0", 0, TcpState.LISTEN)
-    itself = PortSocket("tcp", "ipv4", "127.0.0.1", 6379, "127.0.0.1", 6379, TcpState.ESTABLISHED)
+    listener = Socket("ipv4", "0.0.0.0", 6379, "0.0.0.0", 0, TcpState.LISTEN, transport="tcp")
+    itself = Socket(
+        "ipv4", "127.0.0.1", 6379, "127.0.0.1", 6379, TcpState.ESTABLISHED, transport="tcp"
+    )
     assert BindFailedEvent(_failure(), _report(listener)).kind == "listener"
     assert BindFailedEvent(_failure(), _report(listener, itself)).kind == "self-connect"
     assert BindFailedEvent(_failure(), _report()).kind == NO_HOLDER

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from narcissus.core import inet_diag as diag
 from narcissus.core.ephemeral import EphemeralPorts
 from narcissus.core.ports import PortRange, PortSet
-from narcissus.core.sockets import Owner, TcpState
-from narcissus.core.who import PortSocket, advise, classify, in_namespace
+from narcissus.core.sockets import Owner, Socket, TcpState
+from narcissus.core.who import advise, classify, in_namespace
 from tests.core.test_inet_diag import audit, run
 
 # ---------------------------------------------------------------- the kernel's side
@@ -76,10 +76,17 @@ def sock(
     netns: str = "host",
     pids: tuple[int, ...] = (),
     expires_ms: int | None = None,
-) -> PortSocket:
+) -> Socket:
     owners = tuple(Owner(pid, f"proc{pid}") for pid in pids)
-    return PortSocket(
-        transport, family, *local, *remote, state, netns=netns, owners=owners, expires_ms=expires_ms
+    return Socket(
+        family,
+        *local,
+        *remote,
+        state,
+        netns=netns,
+        owners=owners,
+        expires_ms=expires_ms,
+        transport=transport,
     )
 
 
@@ -93,7 +100,7 @@ UDP_BOUND = sock("udp", TcpState.CLOSE, pids=(14,))
 UDP_CONNECTED = sock("udp", remote=("127.0.0.1", 53), pids=(15,))
 
 
-def kinds_of(*sockets: PortSocket) -> list[str]:
+def kinds_of(*sockets: Socket) -> list[str]:
     return [holder.kind for holder in classify(sockets)]
 
 

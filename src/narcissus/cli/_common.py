@@ -95,6 +95,29 @@ def count_arg(option: str, *, minimum: int = 1, maximum: int) -> Callable[[str],
     return convert
 
 
+def add_netns_options(parser: argparse.ArgumentParser, verb: str = "scan") -> None:
+    """--netns NAME|PID and --all-netns, for commands that look at network namespaces."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--netns",
+        metavar="NAME|PID",
+        help=f"{verb} another network namespace: a name from `ip netns list` or a pid inside it",
+    )
+    where.add_argument(
+        "--all-netns",
+        action="store_true",
+        help=f"{verb} every network namespace on this host (containers, pods) too",
+    )
+
+
+def netns_option(options: argparse.Namespace) -> str | None:
+    """The --netns value, checked for emptiness here (the OS module checks what it names)."""
+    value: str | None = options.netns
+    if value is not None and not value.strip():
+        raise InputError("--netns needs a name from `ip netns list` or a process id")
+    return value
+
+
 def add_json_option(
     parser: argparse.ArgumentParser,
     help_text: str = "print one JSON object for machines instead of text",

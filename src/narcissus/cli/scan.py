@@ -6,10 +6,15 @@ import argparse
 import os
 
 from narcissus.cli import EXIT_FOUND, EXIT_OK
-from narcissus.cli._common import add_json_option, emit_json, scan_json
+from narcissus.cli._common import (
+    add_json_option,
+    add_netns_options,
+    emit_json,
+    netns_option,
+    scan_json,
+)
 from narcissus.core.scan import ScanReport, kill_command
 from narcissus.diagnose.scan import scan_namespaces
-from narcissus.errors import InputError
 
 DESCRIPTION = """\
 List TCP sockets whose local address:port equals their remote address:port: clients that
@@ -27,23 +32,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="destroy what is found with SOCK_DESTROY (root): frees the port the server needs",
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--netns",
-        metavar="NAME|PID",
-        help="scan another network namespace: a name from `ip netns list` or a pid inside it",
-    )
-    where.add_argument(
-        "--all-netns",
-        action="store_true",
-        help="scan every network namespace on this host (containers, pods) too",
-    )
+    add_netns_options(parser, "scan")
 
 
 def run(options: argparse.Namespace) -> int:
-    if options.netns is not None and not options.netns.strip():
-        raise InputError("--netns needs a name from `ip netns list` or a process id")
-    reports = scan_namespaces(options.netns, every=options.all_netns, kill=options.kill)
+    reports = scan_namespaces(netns_option(options), every=options.all_netns, kill=options.kill)
     if options.as_json:
         emit_json(scan_json(reports))
     else:

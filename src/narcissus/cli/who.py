@@ -6,10 +6,16 @@ import argparse
 import json
 
 from narcissus.cli import EXIT_FOUND, EXIT_OK
-from narcissus.cli._common import console, port_arg, port_report_json
-from narcissus.core.who import PortReport, PortSocket
+from narcissus.cli._common import (
+    add_netns_options,
+    console,
+    netns_option,
+    port_arg,
+    port_report_json,
+)
+from narcissus.core.sockets import Socket
+from narcissus.core.who import PortReport
 from narcissus.diagnose.who import who
-from narcissus.errors import InputError
 
 DESCRIPTION = """\
 Show every socket on a port: TCP and UDP, IPv4 and IPv6, in any state, the answer to "Address
@@ -55,23 +61,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print one JSON object per port (one per line) for machines instead of text",
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--netns",
-        metavar="NAME|PID",
-        help="look in another network namespace: a name from `ip netns list` or a pid inside it",
-    )
-    where.add_argument(
-        "--all-netns",
-        action="store_true",
-        help="look in every network namespace on this host (containers, pods) too",
-    )
+    add_netns_options(parser, "look in")
 
 
 def run(options: argparse.Namespace) -> int:
-    if options.netns is not None and not options.netns.strip():
-        raise InputError("--netns needs a name from `ip netns list` or a process id")
-    reports = who(options.ports, options.netns, every=options.all_netns)
+    reports = who(options.ports, netns_option(options), every=options.all_netns)
     if options.as_json:
         for report in reports:
             print(json.dumps(port_report_json(report)))
@@ -80,7 +74,7 @@ def run(options: argparse.Namespace) -> int:
     return EXIT_OK if all(report.free for report in reports) else EXIT_FOUND
 
 
-def _owners(sock: PortSocket, visible: bool) -> str:
+def _owners(sock: Socket, visible: bool) -> str:
     if sock.owners:
         return ", ".join(f"{owner.process} ({owner.pid})" for owner in sock.owners)
     if sock.seconds_left is not None or not sock.inode:

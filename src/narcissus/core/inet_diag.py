@@ -29,7 +29,7 @@ from narcissus.core.sockets import TcpSocket, TcpState
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from narcissus.core.who import PortSocket
+    from narcissus.core.sockets import Socket
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -209,14 +209,14 @@ def decode_socket(buf: bytes, offset: int, netns: str = "host") -> TcpSocket:
     )
 
 
-def decode_port_socket(buf: bytes, offset: int, transport: str, netns: str = "host") -> PortSocket:
+def decode_port_socket(buf: bytes, offset: int, transport: str, netns: str = "host") -> Socket:
     """Decode the inet_diag_msg at `offset` for `narcissus who`: the socket with its transport
     and, for TIME_WAIT, the milliseconds its entry has left (idiag_expires)."""
-    from narcissus.core.who import PortSocket
+    from narcissus.core.sockets import Socket
 
     sock = decode_socket(buf, offset, netns)
     expires_ms = _U32.unpack_from(buf, offset + 52)[0]
-    return PortSocket(
+    return Socket(
         transport=transport,
         family=sock.family,
         local_address=sock.local_address,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 from narcissus.core.values import Value
+from narcissus.errors import endpoint_text
 
 
 class TcpState(IntEnum):
@@ -58,10 +59,13 @@ class Owner(Value):
         self.command = command
 
 
-class TcpSocket(Value):
-    """One TCP socket. `family` is "ipv4" or "ipv6"; addresses are printable strings.
+class Socket(Value):
+    """One TCP or UDP socket as the OS reports it. `family` is "ipv4" or "ipv6"; addresses are
+    printable strings. `state` uses Linux's TCP numbers for both transports (a UDP socket is
+    ESTABLISHED when connected, CLOSE when not).
 
-    `interface` and `cookie` are the kernel's identity of the socket, which SOCK_DESTROY needs.
+    `interface` and `cookie` are the kernel's identity of the socket, which SOCK_DESTROY needs;
+    `expires_ms` is what a TIME_WAIT entry has left (None when not TIME_WAIT, or unknown).
     """
 
     __slots__ = (
@@ -77,6 +81,8 @@ class TcpSocket(Value):
         "owners",
         "interface",
         "cookie",
+        "transport",
+        "expires_ms",
     )
 
     def __init__(
@@ -88,11 +94,13 @@ class TcpSocket(Value):
         remote_port: int,
         state: TcpState,
         inode: int = 0,
-        uid: int = 0,
+        uid: int | None = 0,
         netns: str = "host",
         owners: tuple[Owner, ...] = (),
         interface: int = 0,
         cookie: int = 0,
+        transport: str = "tcp",
+        expires_ms: int | None = None,
     ) -> None:
         self.family = family
         self.local_address = local_address
@@ -106,6 +114,8 @@ class TcpSocket(Value):
         self.owners = owners
         self.interface = interface
         self.cookie = cookie
+        self.transport = transport
+        self.expires_ms = expires_ms
 
     @property
     def is_self_connected(self) -> bool:
@@ -129,3 +139,32 @@ class TcpSocket(Value):
         return (
             "TIME_WAIT (remnant of a closed self-connect)" if self.is_remnant else self.state.name
         )
+
+    @property
+    def connected(self) -> bool:
+        return self.remote_port != 0
+
+    @property
+    def local(self) -> str:
+        return endpoint_text(self.local_address, self.local_port)
+
+    @property
+    def remote(self) -> str | None:
+        return endpoint_text(self.remote_address, self.remote_port) if self.connected else None
+
+    @property
+    def state_name(self) -> str:
+        """TCP's state name; a socket only bound is BOUND (TCP) or UNCONN (UDP), as `ss` says."""
+        if self.state is TcpState.CLOSE and not self.connected:
+            return "UNCONN" if self.transport == "udp" else "BOUND"
+        return self.state.name
+
+    @property
+    def seconds_left(self) -> float | None:
+        if self.expires_ms is None:
+            return None
+        return self.expires_ms / 1000
+
+
+# The name the scan path has always used for it (TCP is all a self-connect scan looks at).
+TcpSocket = Socket

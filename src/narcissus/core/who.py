@@ -1,7 +1,7 @@
 """Who holds a port: every socket on it, what kind of holder each one is, and what to do.
 
 Rules: pure values and functions, no I/O. The OS modules (`narcissus.system`) find the sockets
-whose local port is asked about (`PortSockets`); `narcissus.diagnose.who` builds a `PortReport`
+whose local port is asked about (`ScanReport`); `narcissus.diagnose.who` builds a `PortReport`
 here; `narcissus who`, `narcissus doctor --port` and a bind-failure watcher render it.
 
 Theory: bind(P) fails with EADDRINUSE while some socket has P as its local port. Five kinds of
@@ -26,9 +26,8 @@ import math
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 
-from narcissus.core.sockets import Owner, TcpState
+from narcissus.core.sockets import Owner, Socket, TcpState
 from narcissus.core.values import Value
-from narcissus.errors import endpoint_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,117 +48,12 @@ _ACCEPTING = (TcpState.SYN_RECV, TcpState.NEW_SYN_RECV)
 _MAX_NAMED = 5  # pids and names an advice line names; JSON has them all
 
 
-class PortSocket(Value):
-    """A TCP or UDP socket as the OS reports it. `state` uses Linux's TCP numbers for both
-    (a UDP socket is ESTABLISHED when connected, CLOSE when not); `expires_ms` is what a
-    TIME_WAIT entry has left, None when not TIME_WAIT or unknown (psutil)."""
-
-    __slots__ = (
-        "transport",
-        "family",
-        "local_address",
-        "local_port",
-        "remote_address",
-        "remote_port",
-        "state",
-        "inode",
-        "uid",
-        "netns",
-        "owners",
-        "expires_ms",
-    )
-
-    def __init__(
-        self,
-        transport: str,
-        family: str,
-        local_address: str,
-        local_port: int,
-        remote_address: str,
-        remote_port: int,
-        state: TcpState,
-        inode: int = 0,
-        uid: int | None = None,
-        netns: str = "host",
-        owners: tuple[Owner, ...] = (),
-        expires_ms: int | None = None,
-    ) -> None:
-        self.transport = transport
-        self.family = family
-        self.local_address = local_address
-        self.local_port = local_port
-        self.remote_address = remote_address
-        self.remote_port = remote_port
-        self.state = state
-        self.inode = inode
-        self.uid = uid
-        self.netns = netns
-        self.owners = owners
-        self.expires_ms = expires_ms
-
-    @property
-    def connected(self) -> bool:
-        return self.remote_port != 0
-
-    @property
-    def is_self_connected(self) -> bool:
-        return (
-            self.local_port != 0
-            and self.local_port == self.remote_port
-            and self.local_address == self.remote_address
-        )
-
-    @property
-    def local(self) -> str:
-        return endpoint_text(self.local_address, self.local_port)
-
-    @property
-    def remote(self) -> str | None:
-        return endpoint_text(self.remote_address, self.remote_port) if self.connected else None
-
-    @property
-    def state_name(self) -> str:
-        """TCP's state name; a socket only bound is BOUND (TCP) or UNCONN (UDP), as `ss` says."""
-        if self.state is TcpState.CLOSE and not self.connected:
-            return "UNCONN" if self.transport == UDP else "BOUND"
-        return self.state.name
-
-    @property
-    def seconds_left(self) -> float | None:
-        if self.expires_ms is None:
-            return None
-        return self.expires_ms / 1000
-
-
-class PortSockets(Value):
-    """What one look at one namespace found: the sockets whose local port was asked about.
-
-    `owners_visible` is false when some processes' descriptors could not be read (not root),
-    so a socket without owners then means "unknown", not "none"."""
-
-    __slots__ = ("netns", "sockets", "owners_visible", "backend", "notes")
-
-    def __init__(
-        self,
-        netns: str,
-        sockets: tuple[PortSocket, ...],
-        owners_visible: bool,
-        backend: str,
-        notes: tuple[str, ...] = (),
-    ) -> None:
-        self.netns = netns
-        self.sockets = sockets
-        self.owners_visible = owners_visible
-        self.backend = backend
-        self.notes = notes
-
-
 class Holder(Value):
     """One socket holding the port, its kind (one of KINDS) and a phrase saying what it is."""
 
     __slots__ = ("kind", "socket", "detail")
 
-    def __init__(self, kind: str, socket: PortSocket, detail: str) -> None:
+    def __init__(self, kind: str, socket: Socket, detail: str) -> None:
         self.kind = kind
         self.socket = socket
         self.detail = detail
@@ -204,7 +98,7 @@ class PortReport(Value):
 # ---------------------------------------------------------------- classification
 
 
-def _covers(listener: PortSocket, sock: PortSocket) -> bool:
+def _covers(listener: Socket, sock: Socket) -> bool:
     """Would a connection on `sock`'s local address have come through `listener`?"""
     return (
         listener.transport == sock.transport
@@ -215,13 +109,13 @@ def _covers(listener: PortSocket, sock: PortSocket) -> bool:
     )
 
 
-def _is_listener(sock: PortSocket) -> bool:
+def _is_listener(sock: Socket) -> bool:
     if sock.transport == TCP:
         return sock.state is TcpState.LISTEN
     return not sock.connected and not sock.is_self_connected
 
 
-def classify(sockets: Iterable[PortSocket]) -> tuple[Holder, ...]:
+def classify(sockets: Iterable[Socket]) -> tuple[Holder, ...]:
     """Name the kind of every socket (all on one port), listed in KINDS order.
 
     A connection is a client's unless a listener on the same address (or the wildcard) in the
@@ -244,7 +138,7 @@ def classify(sockets: Iterable[PortSocket]) -> tuple[Holder, ...]:
     return tuple(holders)
 
 
-def _holder(sock: PortSocket, listeners: Sequence[PortSocket]) -> Holder:
+def _holder(sock: Socket, listeners: Sequence[Socket]) -> Holder:
     remote = sock.remote or "?"
     if sock.transport == TCP and sock.state is TcpState.TIME_WAIT:
         if sock.is_self_connected:

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Sequence
 
 from narcissus import system
 from narcissus.core.ports import parse_port
-from narcissus.core.who import CLIENT, PortReport, PortSockets, advise, classify
+from narcissus.core.scan import ScanReport
+from narcissus.core.who import CLIENT, PortReport, advise, classify
 from narcissus.errors import InputError, NamespaceGoneError
 
 TYPE_CHECKING = False
@@ -62,10 +63,10 @@ def holders(
 
 def look(
     ports: Sequence[int], namespaces: Sequence[Netns], *, skip_gone: bool = False
-) -> list[PortSockets]:
+) -> list[ScanReport]:
     """The sockets on `ports` in each namespace; with `skip_gone`, a namespace that went away
     since it was listed (its last process exited) is passed over instead of failing the look."""
-    found: list[PortSockets] = []
+    found: list[ScanReport] = []
     for namespace in namespaces:
         try:
             found.append(system.sockets_on_ports(ports, namespace))
@@ -77,7 +78,7 @@ def look(
 
 def report_for(
     port: int,
-    found: Sequence[PortSockets],
+    found: Sequence[ScanReport],
     *,
     namespace_flags: str = "",
     settings: dict[str, EphemeralPorts] | None = None,
@@ -128,7 +129,7 @@ def _flags_for(label: str) -> str:
 
 
 def _settings_for_clients(
-    found: Sequence[PortSockets], namespaces: Sequence[Netns]
+    found: Sequence[ScanReport], namespaces: Sequence[Netns]
 ) -> dict[str, EphemeralPorts]:
     """The ephemeral-port settings of each namespace where a client holds a port (whether the
     port is inside the range decides the advice); read only there, since reading costs."""

@@ -24,9 +24,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from narcissus.core.bind_trace import BindEventSource
+    from narcissus.core.scan import ScanReport
     from narcissus.core.shield import ShieldedRun, ShieldStatus
+    from narcissus.core.sockets import Socket
     from narcissus.core.watch import EventSource
-    from narcissus.core.who import PortSocket, PortSockets
 
 BACKEND = "psutil"
 _NO_SHIELD = "the shield needs Linux (cgroup BPF); on this OS use `narcissus run` (the guards)"
@@ -152,13 +153,15 @@ def _sockets(keep: Callable[[object], bool]) -> tuple[list[TcpSocket], bool]:
     return found, complete
 
 
-def sockets_on_ports(ports: Collection[int], netns: Netns | None = None) -> PortSockets:
+def sockets_on_ports(ports: Collection[int], netns: Netns | None = None) -> ScanReport:
     """Every TCP and UDP socket whose local port is one of `ports`, through psutil. psutil lists
     a socket once per process holding it: those rows become one socket with every owner. It
     does not say how long a TIME_WAIT entry has left."""
     import socket
 
-    from narcissus.core.who import TCP, UDP, PortSocket, PortSockets
+    from narcissus.core.scan import ScanReport
+    from narcissus.core.sockets import Socket
+    from narcissus.core.who import TCP, UDP
 
     psutil = _psutil()
     wanted = set(ports)
@@ -167,7 +170,7 @@ def sockets_on_ports(ports: Collection[int], netns: Netns | None = None) -> Port
         connections = psutil.net_connections("inet")
     except psutil.AccessDenied:
         complete, connections = False, []
-    merged: dict[tuple[object, ...], tuple[PortSocket, set[int]]] = {}
+    merged: dict[tuple[object, ...], tuple[Socket, set[int]]] = {}
     for conn in connections:
         local, remote = _address(conn.laddr), _address(conn.raddr)
         if local[1] not in wanted:
@@ -181,8 +184,15 @@ def sockets_on_ports(ports: Collection[int], netns: Netns | None = None) -> Port
         if key not in merged:
             family = "ipv6" if conn.family == socket.AF_INET6 else "ipv4"
             nowhere = "::" if family == "ipv6" else "0.0.0.0"
-            sock = PortSocket(
-                transport, family, local[0], local[1], remote[0] or nowhere, remote[1], state
+            sock = Socket(
+                family,
+                local[0],
+                local[1],
+                remote[0] or nowhere,
+                remote[1],
+                state,
+                transport=transport,
+                uid=None,
             )
             merged[key] = (sock, set())
         if conn.pid:
@@ -195,7 +205,7 @@ def sockets_on_ports(ports: Collection[int], netns: Netns | None = None) -> Port
         for sock, pids in merged.values()
     )
     notes = () if complete else ("some owners are hidden from this user: run as administrator",)
-    return PortSockets("host", sockets, complete, BACKEND, notes)
+    return ScanReport("host", sockets, complete, BACKEND, notes)
 
 
 def _owner(psutil: Any, pid: int, seen: dict[int, Owner]) -> Owner:

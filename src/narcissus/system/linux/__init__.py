@@ -27,9 +27,10 @@ if TYPE_CHECKING:
     from narcissus.core.bind_trace import BindEventSource
     from narcissus.core.ephemeral import EphemeralPorts
     from narcissus.core.ports import PortRange, PortSet
+    from narcissus.core.scan import ScanReport
     from narcissus.core.shield import ShieldedRun, ShieldStatus
+    from narcissus.core.sockets import Socket
     from narcissus.core.watch import EventSource
-    from narcissus.core.who import PortSocket, PortSockets
 
 BACKEND = "netlink sock_diag"
 # What this OS module can do beyond reading settings and sockets (see narcissus.system).
@@ -140,15 +141,15 @@ def listening_sockets(netns: Netns | None = None) -> tuple[list[TcpSocket], bool
     return sockets, complete
 
 
-def sockets_on_ports(ports: Collection[int], netns: Netns | None = None) -> PortSockets:
+def sockets_on_ports(ports: Collection[int], netns: Netns | None = None) -> ScanReport:
     """Every TCP and UDP socket (IPv4 and IPv6, any state, TIME_WAIT included) whose local port
     is one of `ports`, with all its owners and their command lines: what keeps a server from
     binding those ports right now."""
-    from narcissus.core.who import PortSockets
+    from narcissus.core.scan import ScanReport
 
     target = netns or _netns.current()
     wanted = sorted(set(ports))
-    found: list[PortSocket] = []
+    found: list[Socket] = []
     with _netns.entered(target), SockDiag() as diag:
         for start in range(0, len(wanted), _PORTS_PER_REQUEST):
             chunk = wanted[start : start + _PORTS_PER_REQUEST]
@@ -158,7 +159,7 @@ def sockets_on_ports(ports: Collection[int], netns: Netns | None = None) -> Port
     lookup = find_owners({sock.inode for sock in found if sock.inode}, commands=True)
     notes = () if lookup.complete else (_HIDDEN_OWNERS,)
     sockets = tuple(sock.replace(owners=lookup.owners.get(sock.inode, ())) for sock in found)
-    return PortSockets(target.label, sockets, lookup.complete, BACKEND, notes)
+    return ScanReport(target.label, sockets, lookup.complete, BACKEND, notes)
 
 
 def local_ports_in_use(netns: Netns | None = None) -> tuple[set[int], set[int]]:

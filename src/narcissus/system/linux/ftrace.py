@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping
 
 from narcissus.errors import UnsupportedError
+from narcissus.system.linux.procfs import process_exists
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -74,16 +75,6 @@ def tracing_root(*, mount: bool = True) -> tuple[str, bool]:
     return TRACEFS, True
 
 
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stale_instances(root: str) -> list[str]:
     """Instances this module made in processes that no longer exist."""
     try:
@@ -93,7 +84,7 @@ def stale_instances(root: str) -> list[str]:
     stale = []
     for name in sorted(names):
         match = _INSTANCE_NAME.match(name)
-        if match and not _process_exists(int(match.group(1))):
+        if match and not process_exists(int(match.group(1))):
             stale.append(name)
     return stale
 

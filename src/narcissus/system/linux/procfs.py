@@ -60,6 +60,18 @@ def command_line(pid: int) -> str:
     return shlex.join(args)
 
 
+def process_exists(pid: int) -> bool:
+    """Is `pid` a running process (another user's counts)? For names that embed a pid, such as
+    narcissus's tracing instances and `run --shield` cgroups, whose owner may have died."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def process_start_time(pid: int) -> int | None:
     """When `pid` started, in clock ticks after boot (field 22 of /proc/<pid>/stat), or None when
     no such process runs; a zombie counts as gone. Together with the pid it names one process

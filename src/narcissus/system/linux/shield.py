@@ -39,6 +39,7 @@ from narcissus.core.shield import ShieldedCgroup, ShieldedRun, ShieldStatus
 from narcissus.errors import InputError, UnsupportedError
 from narcissus.system.linux import bpf as sysbpf
 from narcissus.system.linux import cgroups
+from narcissus.system.linux.procfs import process_exists
 
 PIN_SUBDIR = ("narcissus", "shield")
 RUN_CGROUP_PREFIX = "narcissus-shield-"
@@ -535,16 +536,6 @@ class Shield:
         self._loaded.close()
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_run_cgroups(parent: str) -> None:
     """Remove empty cgroups a killed `run --shield` left behind (its pid is gone)."""
     try:
@@ -555,7 +546,7 @@ def _sweep_run_cgroups(parent: str) -> None:
         if not name.startswith(RUN_CGROUP_PREFIX):
             continue
         pid_text = name[len(RUN_CGROUP_PREFIX) :].split("-")[0]
-        if not pid_text.isdigit() or _process_alive(int(pid_text)):
+        if not pid_text.isdigit() or process_exists(int(pid_text)):
             continue
         path = os.path.join(parent, name)
         if not cgroups.procs(path):

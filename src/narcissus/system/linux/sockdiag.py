@@ -17,7 +17,7 @@ from narcissus.errors import UnsupportedError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from narcissus.core.who import PortSocket
+    from narcissus.core.sockets import Socket
 
 _RECV_SIZE = 1 << 16
 
@@ -79,7 +79,7 @@ class SockDiag:
 
     def dump_ports(
         self, family: int, protocol: int, ports: list[int], *, netns: str = "host"
-    ) -> list[PortSocket]:
+    ) -> list[Socket]:
         """Every TCP or UDP socket of `family`, in any state, whose local port is in `ports`."""
         transport = "udp" if protocol == socket.IPPROTO_UDP else "tcp"
         seq = self._next_seq()
@@ -92,7 +92,7 @@ class SockDiag:
             seq=seq,
         )
         self._sock.send(request)
-        found: list[PortSocket] = []
+        found: list[Socket] = []
         recv = self._sock.recv
         while True:
             buf = recv(_RECV_SIZE)
