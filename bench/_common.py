@@ -95,3 +95,33 @@ def children() -> Iterator[list[subprocess.Popen[str]]]:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
+
+
+def hold_connections(
+    started: list[subprocess.Popen[str]], connections: int, *, first_port: int = 7000
+) -> None:
+    """Start helper processes (bench/_holder.py) that together hold `connections` established
+    loopback connections (the busy host a scan must be fast on), spread so none passes its
+    descriptor limit; they are appended to `started` (from `children()`, which ends them) and
+    ready when this returns."""
+    import resource
+    from pathlib import Path
+
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    per_holder = max(1, min(connections, (fd_limit - 64) // 2))
+    holder_script = str(Path(__file__).parent / "_holder.py")
+    remaining, port = connections, first_port
+    while remaining > 0:
+        count = min(per_holder, remaining)
+        started.append(
+            subprocess.Popen(
+                [sys.executable, holder_script, str(port), str(count)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+        remaining -= count
+        port += 1
+    for holder in started:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"

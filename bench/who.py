@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import socket
 import subprocess
@@ -30,7 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import children, in_private_netns, median_ms, timed, verdict, wall
+from _common import (
+    children,
+    hold_connections,
+    in_private_netns,
+    median_ms,
+    timed,
+    verdict,
+    wall,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANTER = ROOT / "tests" / "planter.py"
@@ -56,27 +63,11 @@ def main() -> int:
                 for family in (socket.AF_INET, socket.AF_INET6):
                     diag.dump_ports(family, protocol, [P, P + 1])
 
-    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    per_holder = max(1, min(options.connections, (fd_limit - 64) // 2))
     cli = shutil.which("narcissus", path=str(Path(sys.executable).parent)) or "narcissus"
     who_cli = [cli, "who", "--json", str(P), str(P + 1)]
     filter_expr = f"sport = :{P} or sport = :{P + 1}"
     with children() as started:
-        remaining, port = options.connections, 7000
-        while remaining > 0:
-            count = min(per_holder, remaining)
-            started.append(
-                subprocess.Popen(
-                    [sys.executable, str(ROOT / "bench" / "_holder.py"), str(port), str(count)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
-            remaining -= count
-            port += 1
-        for holder in started:
-            assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        hold_connections(started, options.connections)
         planter = subprocess.Popen(
             [sys.executable, str(PLANTER), f"self4:{P}", f"listen4:{P + 1}"],
             stdin=subprocess.PIPE,
