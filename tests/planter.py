@@ -11,6 +11,7 @@ named "worker"; its entry carries the thread id).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -51,6 +52,25 @@ def self_connect_in_thread(name: bytes) -> tuple[socket.socket, int]:
     worker.start()
     worker.join()
     return made[0]
+
+
+def same_port_pair() -> tuple[socket.socket, socket.socket, int]:
+    """A listener on 127.0.0.2:P and a socket bound to 127.0.0.1:P. The port bind() picks for
+    127.0.0.2 may be taken on 127.0.0.1 (by a socket planted before), so pick again (bounded)."""
+    for _attempt in range(100):
+        server = socket.create_server(("127.0.0.2", 0))
+        port = server.getsockname()[1]
+        client = socket.socket()
+        try:
+            client.bind(("127.0.0.1", port))
+        except OSError as exc:
+            client.close()
+            server.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return server, client, port
+    raise SystemExit("planter: no port free on both 127.0.0.1 and 127.0.0.2 in 100 tries")
 
 
 for spec in sys.argv[1:]:
@@ -99,10 +119,7 @@ for spec in sys.argv[1:]:
             }
         )
     elif kind == "crossaddr":
-        server = socket.create_server(("127.0.0.2", 0))
-        port = server.getsockname()[1]
-        client = socket.socket()
-        client.bind(("127.0.0.1", port))
+        server, client, port = same_port_pair()
         client.connect(("127.0.0.2", port))
         accepted, _ = server.accept()
         held += [server, client, accepted]
