@@ -21,6 +21,11 @@ class InputError(NarcissusError, ValueError):
     """Something the user gave us is wrong; the message says what and how to fix it."""
 
 
+class NamespaceGoneError(InputError):
+    """A network namespace no longer exists: its last process exited or its name was deleted,
+    perhaps after it was listed (containers come and go), so a scan of every one skips it."""
+
+
 class UnsupportedError(NarcissusError):
     """This host cannot do what was asked (privileges, OS, kernel feature)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from narcissus import system
 from narcissus.core.sockets import ScanReport
+from narcissus.errors import NamespaceGoneError
 
 
 def scan_namespaces(
@@ -17,12 +18,19 @@ def scan_namespaces(
     """Scan the current namespace, the one named by `netns` (a name or a pid), or every one.
 
     With `kill`, destroy what was found (live sockets and TIME_WAIT remnants, both of which keep
-    a server from binding the port) and record the result in each report's `killed`.
+    a server from binding the port) and record the result in each report's `killed`. With
+    `every`, a namespace that disappears between the listing and its scan is left out.
     """
     reports: list[ScanReport] = []
     for namespace in system.namespaces(netns, every=every):
-        report = system.scan(namespace)
-        if kill and report.sockets:
-            report = report.replace(killed=tuple(system.destroy(list(report.sockets), namespace)))
+        try:
+            report = system.scan(namespace)
+            if kill and report.sockets:
+                killed = system.destroy(list(report.sockets), namespace)
+                report = report.replace(killed=tuple(killed))
+        except NamespaceGoneError:
+            if not every:
+                raise
+            continue  # it vanished after it was listed: nothing left in it to scan
         reports.append(report)
     return reports

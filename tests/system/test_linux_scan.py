@@ -12,8 +12,9 @@ import pytest
 
 import narcissus
 from narcissus.core.sockets import ScanReport, TcpSocket
+from narcissus.errors import NamespaceGoneError
 from narcissus.system import linux
-from tests.support import IS_ROOT, PrivateNetns, needs_root, plant
+from tests.support import IS_ROOT, PrivateNetns, needs_root, plant, private_netns
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux backend")
 
@@ -96,6 +97,28 @@ def test_scans_another_namespace_by_name_and_by_pid(netns: PrivateNetns) -> None
         assert any(s.netns == netns.name and s.local_port == port for s in found(everywhere))
         killed = narcissus.scan(netns.name, kill=True)
         assert [r.error for report in killed for r in report.killed] == [0]
+
+
+@needs_root
+def test_every_namespace_leaves_out_one_that_vanished_after_the_listing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a busy host namespaces come and go between the listing and the scan (containers stop,
+    another test run deletes its own): a scan of every namespace leaves those out instead of
+    failing, while a namespace asked for by name still fails loudly."""
+    from narcissus import system
+    from narcissus.scanner import scan_namespaces
+
+    with private_netns() as namespace:
+        gone = linux.namespaces(namespace.name)[0]
+    listed = [*linux.namespaces(every=True), gone]  # the real listing, taken a moment too early
+    monkeypatch.setattr(
+        system, "namespaces", lambda spec=None, every=False: listed if every else [gone]
+    )
+    reports = scan_namespaces(every=True)
+    assert [report.netns for report in reports] == [ns.label for ns in listed[:-1]]
+    with pytest.raises(NamespaceGoneError, match="no longer exists"):
+        scan_namespaces(gone.label)
 
 
 @needs_root

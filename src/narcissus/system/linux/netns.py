@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from narcissus.core.namespaces import Netns
-from narcissus.errors import InputError, UnsupportedError
+from narcissus.errors import InputError, NamespaceGoneError, UnsupportedError
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
@@ -192,7 +192,7 @@ def entered(netns: Netns | None) -> Iterator[None]:
         try:
             target = os.open(netns.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError as exc:
-            raise InputError(f"network namespace {netns.label} no longer exists") from exc
+            raise NamespaceGoneError(f"network namespace {netns.label} no longer exists") from exc
         try:
             _setns(target)
         except PermissionError as exc:
