@@ -32,7 +32,7 @@ def repro_json(*args: str, netns: PrivateNetns | None = None) -> tuple[int, dict
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-def test_pinned_self_connects_on_the_first_attempt(host: str) -> None:
+def test_pinned_self_connects_on_the_first_attempt(isolated: PrivateNetns, host: str) -> None:
     result = reproduce(ReproRequest(50000, host, Mode.PINNED))
     assert result.self_connected and result.attempts == 1
     assert result.proof is not None and "read the same" in result.proof
@@ -193,8 +193,8 @@ def test_isolate_through_an_unprivileged_user_namespace() -> None:
     assert result.self_connected and result.proof
 
 
-def test_hold_shows_that_a_server_cannot_bind_the_port() -> None:
-    status, report = repro_json("50000", "--mode", "pinned", "--hold", "0.3")
+def test_hold_shows_that_a_server_cannot_bind_the_port(netns: PrivateNetns) -> None:
+    status, report = repro_json("50000", "--mode", "pinned", "--hold", "0.3", netns=netns)
     assert status == 0
     assert "Address already in use" in str(report["hold"]["server_bind_error"])  # type: ignore[index]
 
