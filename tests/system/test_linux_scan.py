@@ -7,7 +7,9 @@ import errno
 import json
 import os
 import socket
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -122,6 +124,28 @@ def test_every_namespace_leaves_out_one_that_vanished_after_the_listing(
     assert [report.netns for report in reports] == [ns.label for ns in listed[:-1]]
     with pytest.raises(NamespaceGoneError, match="no longer exists"):
         scan_namespaces(gone.label)
+
+
+@needs_root
+def test_every_namespace_skips_a_name_not_mounted_yet(netns: PrivateNetns) -> None:
+    """`ip netns add` creates /run/netns/NAME as a plain file, then mounts the namespace on it:
+    a scan of every namespace in between skips the name instead of failing (setns: EINVAL)."""
+    plain = Path(netns.path).with_name(f"{netns.name}-plain")
+    plain.touch()
+    try:
+        labels = [report.netns for report in narcissus.scan(every=True)]
+    finally:
+        plain.unlink()
+    assert netns.name in labels and plain.name not in labels
+
+
+@needs_root
+def test_a_name_that_now_holds_another_namespace_is_gone(netns: PrivateNetns) -> None:
+    old = linux.namespaces(netns.name)[0]
+    subprocess.run(["ip", "netns", "del", netns.name], check=True)
+    subprocess.run(["ip", "netns", "add", netns.name], check=True)
+    with pytest.raises(NamespaceGoneError, match="no longer exists"):
+        linux.scan(old)
 
 
 @needs_root

@@ -102,12 +102,16 @@ def all_namespaces() -> list[Netns]:
         names = sorted(os.listdir(NAMED_NETNS_DIR))
     except OSError:
         names = []
+    nsfs = os.stat("/proc/thread-self/ns/net").st_dev
     for name in names:
         path = f"{NAMED_NETNS_DIR}/{name}"
         try:
-            seen.setdefault(_inode(path), Netns(name, path, _inode(path)))
+            found = os.stat(path)
         except OSError:
             continue
+        if found.st_dev != nsfs:
+            continue  # a plain file: `ip netns add` has not mounted the namespace on it yet
+        seen.setdefault(found.st_ino, Netns(name, path, found.st_ino))
     with os.scandir("/proc") as entries:
         pids = sorted(int(entry.name) for entry in entries if entry.name.isdigit())
     for pid in pids:
@@ -193,6 +197,11 @@ def entered(netns: Netns | None) -> Iterator[None]:
             target = os.open(netns.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError as exc:
             raise NamespaceGoneError(f"network namespace {netns.label} no longer exists") from exc
+        if os.fstat(target).st_ino != netns.inode:
+            # `ip netns del` unmounted it (the name is a plain file until unlinked) or the name
+            # now holds another namespace: the one asked for is gone either way.
+            os.close(target)
+            raise NamespaceGoneError(f"network namespace {netns.label} no longer exists")
         try:
             _setns(target)
         except PermissionError as exc:
