@@ -1,4 +1,4 @@
-"""Fixtures, and the rule that makes CI fail on any skipped test.
+"""Fixtures, the rule that makes CI fail on any skipped test, and the leak check.
 
 Tests that need root (namespaces, SOCK_DESTROY, ftrace) or a real server skip with a reason on a
 laptop; CI runs with --fail-on-skip (or NARCISSUS_FAIL_ON_SKIP=1), which turns a skip into a
@@ -13,6 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support import PrivateNetns, private_netns
+
+# The session-end check that the run left nothing behind (tests/leakcheck.py).
+pytest_plugins = ["tests.leakcheck"]
 
 # ---------------------------------------------------------------- skips fail CI
 
