@@ -24,14 +24,23 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 
 
 def events_of(watcher: Watcher, pid: int, count: int) -> list[SelfConnectEvent]:
-    """Drain until `count` events of `pid` arrived (bounded: 40 x 0.1 s)."""
+    """Drain until `count` events of `pid` arrived (bounded: 40 x 0.1 s). The watcher sees the
+    whole host; when the events do not come, the failure says what came instead."""
     found: list[SelfConnectEvent] = []
+    others: list[SelfConnectEvent] = []
+    lost = 0
     for _attempt in range(40):
-        found += [event for event in watcher.drain().events if event.pid == pid]
+        batch = watcher.drain()
+        lost += batch.lost
+        for event in batch.events:
+            (found if event.pid == pid else others).append(event)
         if len(found) >= count:
-            break
+            return found
         time.sleep(0.1)
-    return found
+    raise AssertionError(
+        f"{len(found)} of {count} events of pid {pid}: {found}; the kernel dropped {lost}; "
+        f"{len(others)} of other processes, the last ones: {others[-5:]}"
+    )
 
 
 @needs_root
@@ -82,9 +91,14 @@ def test_poll_reports_new_sockets_and_remnants_but_not_old_ones(netns: PrivateNe
             assert watcher.backend == "poll"
             assert any("shows only as its TIME_WAIT remnant" in note for note in watcher.notes)
             with plant("self4", "remnant4", netns=netns) as planted:
-                found = list(watcher.events(duration=1.0))
+                wanted = set(planted.ports("self4") + planted.ports("remnant4"))
+                found: list[SelfConnectEvent] = []
+                for event in watcher.events(duration=30):  # until both came, however slow
+                    found.append(event)
+                    if {e.port for e in found} >= wanted:
+                        break
         by_port = {event.port: event for event in found}
-        assert set(by_port) == set(planted.ports("self4") + planted.ports("remnant4"))
+        assert set(by_port) == wanted
         assert old.ports("self4")[0] not in by_port  # there before the watch started
         live = by_port[planted.ports("self4")[0]]
         assert (live.pid, live.state, live.backend) == (planted.pid, TcpState.ESTABLISHED, "poll")
