@@ -56,8 +56,11 @@ Key = tuple[Any, ...]
 
 
 def _mounts(fstype: str) -> list[Path]:
-    with open("/proc/mounts", encoding="utf-8") as mounts:
-        return [Path(fields[1]) for fields in map(str.split, mounts) if fields[2] == fstype]
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            return [Path(fields[1]) for fields in map(str.split, mounts) if fields[2] == fstype]
+    except OSError:
+        return []
 
 
 def _named_dirs(root: Path, prefix: str, depth: int) -> set[str]:
@@ -361,6 +364,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     if hasattr(config, "workerinput") or config.getoption("--no-leak-check"):
         return
+    if not sys.platform.startswith("linux"):
+        return  # what it looks for (namespaces, tracefs, cgroups, /proc) is Linux's
     check = LeakCheck()
     config.stash[_KEY] = check
     check.start()
