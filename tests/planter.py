@@ -6,7 +6,8 @@ normally: TIME_WAIT), listen4:PORT listen6:PORT, pair4 (an ordinary loopback con
 crossaddr (127.0.0.1:P connected to 127.0.0.2:P: same port, different address),
 natural4:PORT (an unbound connect to 127.0.0.1:PORT that the kernel self-connected: run it in a
 namespace whose ip_local_port_range is PORT PORT), thread4 (a self4 made by a second thread
-named "worker"; its entry carries the thread id).
+named "worker"; its entry carries the thread id), threads4:N (N threads in turn, each makes a
+self4, closes it abortively and exits; an entry each, with its thread id).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import errno
 import json
 import os
 import socket
+import struct
 import sys
 
 held: list[socket.socket] = []
@@ -136,6 +138,21 @@ for spec in sys.argv[1:]:
                 "thread": thread,
             }
         )
+    elif kind == "threads4":
+        for _ in range(int(arg)):
+            sock, thread = self_connect_in_thread(b"worker")
+            port = sock.getsockname()[1]
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # abortively: nothing left
+            planted.append(
+                {
+                    "kind": kind,
+                    "family": "ipv4",
+                    "address": "127.0.0.1",
+                    "port": port,
+                    "thread": thread,
+                }
+            )
     elif kind == "natural4":
         port = int(arg)
         sock = socket.socket()

@@ -78,6 +78,33 @@ def test_ftrace_names_the_process_of_a_self_connecting_thread(netns: PrivateNetn
 
 
 @needs_root
+def test_ftrace_names_the_process_of_threads_gone_before_their_line_is_read(
+    netns: PrivateNetns,
+) -> None:
+    """Short-lived threads self-connect while the watcher reads: by the time a line is read the
+    thread is gone, and ftrace may not have recorded its process yet (the line shows none, or
+    a previous owner's of the thread id). Every event must still name the planter."""
+    with narcissus.Watcher("ftrace") as watcher:
+        seen: list[SelfConnectEvent] = []
+        stop = threading.Event()
+        reader = threading.Thread(target=lambda: seen.extend(watcher.events(stop=stop)))
+        reader.start()
+        try:
+            with plant("threads4:300", netns=netns) as planted:
+                stop.set()  # the planter runs on: its process and namespace can be looked up
+                reader.join(timeout=60)
+                seen += watcher.drain().events
+        finally:
+            stop.set()
+            reader.join(timeout=60)
+    made = {(int(s["thread"]), int(s["port"])) for s in planted.sockets}  # type: ignore[call-overload]
+    ours = [event for event in seen if (event.thread, event.port) in made]
+    assert len(ours) == len(made) == 300
+    assert {event.pid for event in ours} == {planted.pid}
+    assert {event.netns for event in ours} == {netns.name}
+
+
+@needs_root
 def test_ftrace_catches_an_unbound_connect_the_kernel_self_connected(netns: PrivateNetns) -> None:
     netns.set_port_range(40404, 40404)  # the only port an unbound connect can be handed
     with narcissus.Watcher("ftrace") as watcher, plant("natural4:40404", netns=netns) as planted:
