@@ -256,6 +256,45 @@ def test_sigterm_releases_every_held_port_and_stops_cmd(netns: PrivateNetns) -> 
             probe.close()
 
 
+def _child_running(parent: int, cmdline: bytes, deadline: float) -> int | None:
+    """The pid of `parent`'s child running `cmdline`, looked for without pause until `deadline`."""
+    while time.monotonic() < deadline:
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            return None  # the parent is gone
+        for child in children:
+            try:
+                if Path(f"/proc/{child}/cmdline").read_bytes() == cmdline:
+                    return int(child)
+            except OSError:
+                continue
+    return None
+
+
+@needs_root
+def test_sigterm_the_moment_cmd_starts_still_stops_it(netns: PrivateNetns) -> None:
+    """A SIGTERM that lands while CMD is being started (inside Popen, or before the code that
+    stops CMD on the way out) must not leave CMD running on its own (it did, 1 time in 4)."""
+    netns.set_port_range(40000, 40009)  # steer holds a few ports: quick to start
+    argv = [sys.executable, "-m", "narcissus", "repro", "40004", "--mode", "steer", "--"]
+    argv = netns.wrap([*argv, "sleep", "30"])
+    for _attempt in range(12):
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sleeper = _child_running(process.pid, b"sleep\x0030\x00", time.monotonic() + 30)
+        try:
+            assert sleeper is not None, "CMD never started"
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 130
+            assert not os.path.exists(f"/proc/{sleeper}") or _is_zombie(sleeper)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            if sleeper and Path(f"/proc/{sleeper}/cmdline").exists() and not _is_zombie(sleeper):
+                os.kill(sleeper, signal.SIGKILL)  # left running: the failure, cleaned up
+
+
 def _is_descendant(pid: int, ancestor: int) -> bool:
     for _ in range(16):
         if pid == ancestor:
