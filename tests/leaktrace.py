@@ -11,7 +11,12 @@ connection with that address and port *in that namespace*, so each event is plac
 - the thread still runs and entered no other namespace since the event: where it is now;
 - it entered another namespace since (setns/unshare are traced too) and is now back in the host's
   namespace: it was in a private one (a test's `netns.entered()` block ends that way);
-- otherwise (the thread is gone, or moved on to another namespace): it may have been the host's.
+- the thread is gone but its process runs, and neither moved since: where the process is now
+  (threads are told from processes by the clone flags task_newtask records);
+- otherwise (gone, or moved on to another namespace): it may have been the host's.
+
+A thread id that now names a task started after the event (ids are reused: pid_max may be
+32768) counts as gone; the trace clock is CLOCK_BOOTTIME, the clock of /proc's start times.
 
 The host's namespace is the one PID runs in. A line "ready" on stdout says tracing is on; when
 stdin closes, one JSON line reports what was seen, and the instance is removed. Tracing from
@@ -44,6 +49,7 @@ EVENTS = {
     "syscalls/sys_enter_setns": f"flags == 0 || flags & {CLONE_NEWNET}",
     "syscalls/sys_enter_unshare": f"unshare_flags & {CLONE_NEWNET}",
     "sched/sched_process_fork": "",
+    "task/task_newtask": "",
     # what else the session may leave: the cgroups it makes, the BPF objects it pins
     "cgroup/cgroup_mkdir": "",
     "syscalls/sys_enter_bpf": "cmd == 6",  # BPF_OBJ_PIN
@@ -51,9 +57,12 @@ EVENTS = {
 _SAME_PORTS = re.compile(r"sport=(\d+) dport=(\d+) ")
 _OTHER = re.compile(
     r"^\s*.*?-(?P<tid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+(?:\S+\s+)?(?P<seconds>\d+\.\d+):\s+"
-    r"(?P<event>sys_setns|sys_unshare|sched_process_fork|cgroup_mkdir|sys_bpf)\b(?P<rest>.*)$"
+    r"(?P<event>sys_setns|sys_unshare|sched_process_fork|task_newtask|cgroup_mkdir|sys_bpf)\b(?P<rest>.*)$"
 )
 _CHILD = re.compile(r"child_pid=(\d+)")
+_NEWTASK = re.compile(r"pid=(\d+) .*clone_flags=([0-9a-f]+)")
+CLONE_THREAD = 0x10000
+TICKS = os.sysconf("SC_CLK_TCK")
 _CGROUP = re.compile(r"path=(\S+)")
 
 
@@ -72,10 +81,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def netns_inode(tid: int) -> int | None:
+def now() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def netns_inode(tid: int, since: float) -> int | None:
+    """The namespace task `tid` is in, None if it is gone or is another task that started after
+    `since` (seconds after boot)."""
     try:
+        with open(f"/proc/{tid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        if int(fields[19]) / TICKS > since:
+            return None
         return os.stat(f"/proc/{tid}/ns/net").st_ino
-    except OSError:
+    except (OSError, IndexError, ValueError):
         return None
 
 
@@ -90,7 +109,7 @@ def key_of(change: StateChange) -> list[Any]:
 class Tracer:
     def __init__(self, session: int) -> None:
         self.session = session
-        self.host = netns_inode(session)
+        self.host = netns_inode(session, now())
         self.root, _mounted = tracing_root()  # mounts tracefs where it is not (ip netns exec)
         instances = os.path.join(self.root, "instances")
         for name in os.listdir(instances):  # left by a session that was killed outright
@@ -108,7 +127,8 @@ class Tracer:
         self.suspects: dict[str, dict[str, Any]] = {}
         self.changes: dict[int, list[float]] = defaultdict(list)
         self.unplaced: list[StateChange] = []  # read, namespace not looked up yet
-        self.looked_up: list[tuple[StateChange, int | None, float]] = []
+        self.looked_up: list[tuple[StateChange, int | None, int | None, float]] = []
+        self.leaders: dict[int, int] = {session: session}  # thread id -> its process's id
         self.notes: list[str] = []
         self.cgroups: set[str] = set()  # paths below the hierarchy's root, as "/a/b"
         self.pinned = False
@@ -117,7 +137,7 @@ class Tracer:
         os.mkdir(self.path)
         for name, value in (
             ("buffer_size_kb", "8192"),
-            ("trace_clock", "mono"),
+            ("trace_clock", "boot"),
             ("options/event-fork", "1"),
             ("set_event_pid", str(self.session)),
         ):
@@ -181,6 +201,13 @@ class Tracer:
                 child = _CHILD.search(other["rest"])
                 if child:
                     self.pids.add(int(child.group(1)))
+            elif other["event"] == "task_newtask":
+                task = _NEWTASK.search(other["rest"])
+                if task:
+                    creator = int(other["tid"])
+                    new = int(task.group(1))
+                    thread = int(task.group(2), 16) & CLONE_THREAD
+                    self.leaders[new] = self.leaders.get(creator, creator) if thread else new
             elif other["event"] == "cgroup_mkdir":
                 path = _CGROUP.search(other["rest"])
                 if path:
@@ -195,22 +222,38 @@ class Tracer:
             self.lost += lost.count
 
     def look_up(self) -> None:
-        """Where each thread is now; decided after the next drain (see `place`)."""
-        now = time.monotonic()
-        self.looked_up += [(change, netns_inode(change.tid), now) for change in self.unplaced]
+        """Where each thread, and its process, is now; decided after the next drain (`place`)."""
+        looked = now()
+        for change in self.unplaced:
+            leader = self.leaders.get(change.tid, change.tid)
+            thread = netns_inode(change.tid, change.seconds)
+            process = netns_inode(leader, change.seconds) if leader != change.tid else None
+            self.looked_up.append((change, thread, process, looked))
         self.unplaced = []
+
+    def moved(self, tid: int, after: float, until: float) -> bool:
+        """Did `tid` enter another namespace between the two moments?"""
+        return any(after < t <= until for t in self.changes.get(tid, ()))
+
+    def where(
+        self, change: StateChange, thread: int | None, process: int | None, looked: float
+    ) -> str:
+        if thread is None:  # gone: where its process is, if neither moved since
+            leader = self.leaders.get(change.tid, change.tid)
+            if process is None or self.moved(change.tid, change.seconds, looked):
+                return "gone"
+            if self.moved(leader, change.seconds, looked):
+                return "gone"
+            return "host" if process == self.host else "private"
+        if self.moved(change.tid, change.seconds, looked):
+            return "private" if thread == self.host else "unknown"
+        return "host" if thread == self.host else "private"
 
     def place(self) -> None:
         """Place the events looked up before the latest drain: every namespace change made
         before the look-up was traced before it, so the drain has read it."""
-        for change, inode, looked in self.looked_up:
-            moved = any(change.seconds < t <= looked for t in self.changes.get(change.tid, ()))
-            if inode is None:
-                where = "gone"
-            elif moved:
-                where = "private" if inode == self.host else "unknown"
-            else:
-                where = "host" if inode == self.host else "private"
+        for change, thread, process, looked in self.looked_up:
+            where = self.where(change, thread, process, looked)
             self.counts[where] += 1
             if where != "private":
                 key = key_of(change)
