@@ -256,43 +256,41 @@ def test_sigterm_releases_every_held_port_and_stops_cmd(netns: PrivateNetns) -> 
             probe.close()
 
 
-def _child_running(parent: int, cmdline: bytes, deadline: float) -> int | None:
-    """The pid of `parent`'s child running `cmdline`, looked for without pause until `deadline`."""
-    while time.monotonic() < deadline:
-        try:
-            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-        except OSError:
-            return None  # the parent is gone
-        for child in children:
-            try:
-                if Path(f"/proc/{child}/cmdline").read_bytes() == cmdline:
-                    return int(child)
-            except OSError:
-                continue
-    return None
-
-
 @needs_root
 def test_sigterm_the_moment_cmd_starts_still_stops_it(netns: PrivateNetns) -> None:
     """A SIGTERM that lands while CMD is being started (inside Popen, or before the code that
-    stops CMD on the way out) must not leave CMD running on its own (it did, 1 time in 4)."""
+    stops CMD on the way out) must not leave CMD running on its own. CMD signals narcissus
+    itself the moment it runs (the old code left it running 5 times in 30)."""
     netns.set_port_range(40000, 40009)  # steer holds a few ports: quick to start
-    argv = [sys.executable, "-m", "narcissus", "repro", "40004", "--mode", "steer", "--"]
-    argv = netns.wrap([*argv, "sleep", "30"])
+    marker = f"0.{os.getpid():07d}1"  # GNU sleep adds up its arguments: names this CMD only
+    cmd = ["sh", "-c", f'kill -TERM "$PPID"; exec sleep 30 {marker}']
+    argv = netns.wrap([sys.executable, "-m", "narcissus", "repro", "40004", "--mode", "steer"])
     for _attempt in range(12):
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        sleeper = _child_running(process.pid, b"sleep\x0030\x00", time.monotonic() + 30)
+        process = subprocess.Popen([*argv, "--", *cmd], stderr=subprocess.PIPE, text=True)
         try:
-            assert sleeper is not None, "CMD never started"
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=30) == 130
-            assert not os.path.exists(f"/proc/{sleeper}") or _is_zombie(sleeper)
+            status = process.wait(timeout=60)
+            left = _pids_running(marker.encode())
+            assert (status, left) == (130, []), process.stderr.read() if process.stderr else ""
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-            if sleeper and Path(f"/proc/{sleeper}/cmdline").exists() and not _is_zombie(sleeper):
-                os.kill(sleeper, signal.SIGKILL)  # left running: the failure, cleaned up
+            for pid in _pids_running(marker.encode()):
+                os.kill(pid, signal.SIGKILL)  # left running: the failure, cleaned up
+            if process.stderr:
+                process.stderr.close()
+
+
+def _pids_running(fragment: bytes) -> list[int]:
+    """Processes (not zombies) whose command line contains `fragment`."""
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if fragment in Path(f"/proc/{pid}/cmdline").read_bytes() and not _is_zombie(int(pid)):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
 
 
 def _is_descendant(pid: int, ancestor: int) -> bool:
