@@ -1,4 +1,4 @@
-"""Fixtures, and the rule that makes CI fail on any skipped test.
+"""Fixtures, the rule that makes CI fail on any skipped test, and the leak check.
 
 Tests that need root (namespaces, SOCK_DESTROY, ftrace) or a real server skip with a reason on a
 laptop; CI runs with --fail-on-skip (or NARCISSUS_FAIL_ON_SKIP=1), which turns a skip into a
@@ -14,6 +14,9 @@ from contextlib import suppress
 import pytest
 
 from tests.support import PrivateNetns, private_netns
+
+# The session-end check that the run left nothing behind (tests/leakcheck.py).
+pytest_plugins = ["tests.leakcheck"]
 
 # ---------------------------------------------------------------- skips fail CI
 
@@ -82,3 +85,12 @@ def netns() -> Iterator[PrivateNetns]:
     """A private network namespace (loopback up) that only this test uses."""
     with private_netns() as namespace:
         yield namespace
+
+
+@pytest.fixture
+def isolated(netns: PrivateNetns) -> Iterator[PrivateNetns]:
+    """This thread inside a private network namespace for one test: the sockets it makes and
+    the processes it starts self-connect there, never in the host's namespace (where each would
+    leave a TIME_WAIT remnant for a minute)."""
+    with netns.entered():
+        yield netns

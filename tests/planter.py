@@ -6,7 +6,8 @@ normally: TIME_WAIT), listen4:PORT listen6:PORT, pair4 (an ordinary loopback con
 crossaddr (127.0.0.1:P connected to 127.0.0.2:P: same port, different address),
 natural4:PORT (an unbound connect to 127.0.0.1:PORT that the kernel self-connected: run it in a
 namespace whose ip_local_port_range is PORT PORT), thread4 (a self4 made by a second thread
-named "worker"; its entry carries the thread id).
+named "worker"; its entry carries the thread id), threads4:N (N threads in turn, each makes a
+self4, closes it abortively and exits; an entry each, with its thread id).
 self4, self6, selfmapped, remnant4 and remnant6 take an optional :PORT (default: any port);
 self4:PORT@ADDRESS self-connects on another loopback address (127.0.0.2).
 For `narcissus who`: client4:PORT / client6:PORT (bind PORT, then connect to a listener this
@@ -17,9 +18,11 @@ socket connected to itself).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
+import struct
 import sys
 
 held: list[socket.socket] = []
@@ -72,6 +75,25 @@ def bound(version: str, kind: int, port: int) -> socket.socket:
     sock = socket.socket(family, kind)
     sock.bind((address, port))
     return sock
+
+
+def same_port_pair() -> tuple[socket.socket, socket.socket, int]:
+    """A listener on 127.0.0.2:P and a socket bound to 127.0.0.1:P. The port bind() picks for
+    127.0.0.2 may be taken on 127.0.0.1 (by a socket planted before), so pick again (bounded)."""
+    for _attempt in range(100):
+        server = socket.create_server(("127.0.0.2", 0))
+        port = server.getsockname()[1]
+        client = socket.socket()
+        try:
+            client.bind(("127.0.0.1", port))
+        except OSError as exc:
+            client.close()
+            server.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return server, client, port
+    raise SystemExit("planter: no port free on both 127.0.0.1 and 127.0.0.2 in 100 tries")
 
 
 for spec in sys.argv[1:]:
@@ -145,10 +167,7 @@ for spec in sys.argv[1:]:
             }
         )
     elif kind == "crossaddr":
-        server = socket.create_server(("127.0.0.2", 0))
-        port = server.getsockname()[1]
-        client = socket.socket()
-        client.bind(("127.0.0.1", port))
+        server, client, port = same_port_pair()
         client.connect(("127.0.0.2", port))
         accepted, _ = server.accept()
         held += [server, client, accepted]
@@ -165,6 +184,21 @@ for spec in sys.argv[1:]:
                 "thread": thread,
             }
         )
+    elif kind == "threads4":
+        for _ in range(int(arg)):
+            sock, thread = self_connect_in_thread(b"worker")
+            port = sock.getsockname()[1]
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # abortively: nothing left
+            planted.append(
+                {
+                    "kind": kind,
+                    "family": "ipv4",
+                    "address": "127.0.0.1",
+                    "port": port,
+                    "thread": thread,
+                }
+            )
     elif kind == "natural4":
         port = int(arg)
         sock = socket.socket()

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import queue
+import select
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -136,6 +137,32 @@ def bind_in(netns: PrivateNetns, *specs: str) -> dict[str, Any]:
 
 def bind_errors(report: dict[str, Any]) -> list[int]:
     return [int(item["error"]) for item in report["binds"]]
+
+
+# ---------------------------------------------------------------- output of servers
+
+
+def read_until(pipe: IO[Any], marker: bytes, timeout: float = 60) -> bytes:
+    """Read `pipe` until `marker` appears in it or its writer closes it; returns all it read.
+
+    Reads the pipe's descriptor directly: select() on a buffered file object misses what its
+    buffer already holds, so a server that printed its ready line together with the lines before
+    it (a loaded machine runs the reader late) would look silent until the deadline. The timeout
+    only bounds a hang; the wait ends as soon as the line is there.
+    """
+    fd = pipe.fileno()
+    output = b""
+    deadline = time.monotonic() + timeout
+    while marker not in output:
+        remaining = deadline - time.monotonic()
+        text = output.decode(errors="replace")
+        assert remaining > 0, f"no {marker!r} within {timeout} s:\n{text}"
+        if select.select([fd], [], [], remaining)[0]:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            output += chunk
+    return output
 
 
 # ---------------------------------------------------------------- the command line

@@ -22,8 +22,8 @@ class InputError(NarcissusError, ValueError):
 
 
 class NamespaceGoneError(InputError):
-    """A network namespace went away (its last process exited, its name was deleted) between
-    being listed and being entered: looking at every namespace skips it."""
+    """A network namespace no longer exists: its last process exited or its name was deleted,
+    perhaps after it was listed (containers come and go), so a scan of every one skips it."""
 
 
 class UnsupportedError(NarcissusError):

@@ -5,29 +5,33 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support import PrivateNetns
+from tests.support import PrivateNetns, read_until
 
 TOOL = Path(__file__).parents[2] / "examples" / "redis_ipc" / "tool.py"
 PORT = 6390
+READY = b"Ready to accept connections"  # redis-server logs it once it listens
+PREVENTED = b"narcissus: prevented a self-connect"  # `narcissus run` reports each one
 
 
 def start_redis(netns: PrivateNetns) -> subprocess.Popen[bytes]:
-    """Start redis-server on PORT inside the namespace. A tool's connect may hold the port for
-    the instant of an attempt, so a failed start is retried (bounded)."""
+    """Start redis-server on PORT inside the namespace and wait until it listens. A tool's
+    connect may hold the port for the instant of an attempt (redis-server then exits: address in
+    use), so a start that fails is retried (bounded)."""
     for _ in range(50):
         server = subprocess.Popen(
             netns.wrap(["redis-server", "--port", str(PORT), "--save", "", "--appendonly", "no"]),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
-        time.sleep(0.3)
-        if server.poll() is None:
+        assert server.stdout is not None
+        if READY in read_until(server.stdout, READY):
             return server
+        server.wait(timeout=10)
+        server.stdout.close()
     raise AssertionError("redis-server never managed to bind its port")
 
 
@@ -59,8 +63,11 @@ def test_guarded_tool_keeps_retrying_then_talks_to_its_peer(netns: PrivateNetns)
     )
     server = None
     try:
-        time.sleep(1.5)  # ~7 reconnects, each a self-connect the guard turns into "refused"
-        assert tool_1.poll() is None, tool_1.communicate()
+        # Redis is down: tool-1's reconnects self-connect, and the guard turns each into
+        # "refused". Start Redis only once the first one was reported.
+        assert tool_1.stderr is not None
+        seen = read_until(tool_1.stderr, PREVENTED)
+        assert PREVENTED in seen and tool_1.poll() is None, (seen, tool_1.communicate())
         server = start_redis(netns)
         tool_2 = subprocess.run(
             netns.wrap(
@@ -82,13 +89,16 @@ def test_guarded_tool_keeps_retrying_then_talks_to_its_peer(netns: PrivateNetns)
             timeout=30,
             check=False,
         )
-        out_1, err_1 = tool_1.communicate(timeout=30)
+        out_1, rest_1 = tool_1.communicate(timeout=60)
+        err_1 = seen.decode() + rest_1
     finally:
         if tool_1.poll() is None:
             tool_1.kill()
         if server is not None:
             server.terminate()
             server.wait(timeout=10)
+            if server.stdout:
+                server.stdout.close()
     assert tool_1.returncode == 0, err_1
     assert "Redis knows me as 'tool-1'" in out_1
     assert "got 'hello from tool-2'" in out_1

@@ -33,7 +33,7 @@ def repro_json(*args: str, netns: PrivateNetns | None = None) -> tuple[int, dict
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-def test_pinned_self_connects_on_the_first_attempt(host: str) -> None:
+def test_pinned_self_connects_on_the_first_attempt(isolated: PrivateNetns, host: str) -> None:
     result = reproduce(ReproRequest(50000, host, Mode.PINNED))
     assert result.self_connected and result.attempts == 1
     assert result.proof is not None and "read the same" in result.proof
@@ -194,8 +194,8 @@ def test_isolate_through_an_unprivileged_user_namespace() -> None:
     assert result.self_connected and result.proof
 
 
-def test_hold_shows_that_a_server_cannot_bind_the_port() -> None:
-    status, report = repro_json("50000", "--mode", "pinned", "--hold", "0.3")
+def test_hold_shows_that_a_server_cannot_bind_the_port(netns: PrivateNetns) -> None:
+    status, report = repro_json("50000", "--mode", "pinned", "--hold", "0.3", netns=netns)
     assert status == 0
     assert "Address already in use" in str(report["hold"]["server_bind_error"])  # type: ignore[index]
 
@@ -255,6 +255,43 @@ def test_sigterm_releases_every_held_port_and_stops_cmd(netns: PrivateNetns) -> 
             probe = socket.socket()
             probe.bind(("0.0.0.0", port))
             probe.close()
+
+
+@needs_root
+def test_sigterm_the_moment_cmd_starts_still_stops_it(netns: PrivateNetns) -> None:
+    """A SIGTERM that lands while CMD is being started (inside Popen, or before the code that
+    stops CMD on the way out) must not leave CMD running on its own. CMD signals narcissus
+    itself the moment it runs (the old code left it running 5 times in 30)."""
+    netns.set_port_range(40000, 40009)  # steer holds a few ports: quick to start
+    marker = f"0.{os.getpid():07d}1"  # GNU sleep adds up its arguments: names this CMD only
+    cmd = ["sh", "-c", f'kill -TERM "$PPID"; exec sleep 30 {marker}']
+    argv = netns.wrap([sys.executable, "-m", "narcissus", "repro", "40004", "--mode", "steer"])
+    for _attempt in range(12):
+        process = subprocess.Popen([*argv, "--", *cmd], stderr=subprocess.PIPE, text=True)
+        try:
+            status = process.wait(timeout=60)
+            left = _pids_running(marker.encode())
+            assert (status, left) == (130, []), process.stderr.read() if process.stderr else ""
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            for pid in _pids_running(marker.encode()):
+                os.kill(pid, signal.SIGKILL)  # left running: the failure, cleaned up
+            if process.stderr:
+                process.stderr.close()
+
+
+def _pids_running(fragment: bytes) -> list[int]:
+    """Processes (not zombies) whose command line contains `fragment`."""
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if fragment in Path(f"/proc/{pid}/cmdline").read_bytes() and not _is_zombie(int(pid)):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
 
 
 def _is_descendant(pid: int, ancestor: int) -> bool:

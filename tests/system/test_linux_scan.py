@@ -1,4 +1,5 @@
-"""The Linux scan against the real kernel: sockets planted in child processes."""
+"""The Linux scan against the real kernel: sockets planted in child processes, each test in a
+private network namespace of its own (self-connects never happen in the host's)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import errno
 import json
 import os
 import socket
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import narcissus
 from narcissus.core.scan import ScanReport
 from narcissus.core.sockets import TcpSocket
+from narcissus.errors import NamespaceGoneError
 from narcissus.system import linux
-from tests.support import IS_ROOT, PrivateNetns, needs_root, plant
+from tests.support import IS_ROOT, PrivateNetns, needs_root, plant, private_netns
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux backend")
 
@@ -27,8 +31,8 @@ def matching(reports: list[ScanReport], port: int) -> list[TcpSocket]:
     return [sock for sock in found(reports) if sock.local_port == port]
 
 
-def test_finds_planted_self_connects_with_the_owner_pid() -> None:
-    with plant("self4", "self6", "selfmapped") as planted:
+def test_finds_planted_self_connects_with_the_owner_pid(isolated: PrivateNetns) -> None:
+    with plant("self4", "self6", "selfmapped", netns=isolated) as planted:
         reports = narcissus.scan()
         for spec in planted.sockets:
             hits = matching(reports, int(spec["port"]))  # type: ignore[call-overload]
@@ -45,15 +49,17 @@ def test_finds_planted_self_connects_with_the_owner_pid() -> None:
         assert mapped.ipv4_mapped and mapped.local_address == "::ffff:127.0.0.1"
 
 
-def test_never_reports_sockets_that_are_not_self_connected() -> None:
-    with plant("pair4", "crossaddr", "listen4:0", "listen6:0") as planted:
+def test_never_reports_sockets_that_are_not_self_connected(isolated: PrivateNetns) -> None:
+    with plant("pair4", "crossaddr", "listen4:0", "listen6:0", netns=isolated) as planted:
         reported = {sock.local_port for sock in found(narcissus.scan())}
         for spec in planted.sockets:
             assert int(spec["port"]) not in reported, spec  # type: ignore[call-overload]
 
 
-def test_a_closed_self_connect_shows_as_a_time_wait_remnant_without_owner() -> None:
-    with plant("remnant4") as planted:
+def test_a_closed_self_connect_shows_as_a_time_wait_remnant_without_owner(
+    isolated: PrivateNetns,
+) -> None:
+    with plant("remnant4", netns=isolated) as planted:
         port = planted.ports("remnant4")[0]
         hits = matching(narcissus.scan(), port)
         assert len(hits) == 1
@@ -62,8 +68,8 @@ def test_a_closed_self_connect_shows_as_a_time_wait_remnant_without_owner() -> N
 
 
 @needs_root
-def test_kill_destroys_live_and_remnant_sockets_and_frees_the_port() -> None:
-    with plant("self4", "remnant4") as planted:
+def test_kill_destroys_live_and_remnant_sockets_and_frees_the_port(isolated: PrivateNetns) -> None:
+    with plant("self4", "remnant4", netns=isolated) as planted:
         live, remnant = planted.ports("self4")[0], planted.ports("remnant4")[0]
         for port in (live, remnant):
             server = socket.socket()
@@ -100,6 +106,50 @@ def test_scans_another_namespace_by_name_and_by_pid(netns: PrivateNetns) -> None
 
 
 @needs_root
+def test_every_namespace_leaves_out_one_that_vanished_after_the_listing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a busy host namespaces come and go between the listing and the scan (containers stop,
+    another test run deletes its own): a scan of every namespace leaves those out instead of
+    failing, while a namespace asked for by name still fails loudly."""
+    from narcissus import system
+    from narcissus.diagnose.scan import scan_namespaces
+
+    with private_netns() as namespace:
+        gone = linux.namespaces(namespace.name)[0]
+    listed = [*linux.namespaces(every=True), gone]  # the real listing, taken a moment too early
+    monkeypatch.setattr(
+        system, "namespaces", lambda spec=None, every=False: listed if every else [gone]
+    )
+    reports = scan_namespaces(every=True)
+    assert [report.netns for report in reports] == [ns.label for ns in listed[:-1]]
+    with pytest.raises(NamespaceGoneError, match="no longer exists"):
+        scan_namespaces(gone.label)
+
+
+@needs_root
+def test_every_namespace_skips_a_name_not_mounted_yet(netns: PrivateNetns) -> None:
+    """`ip netns add` creates /run/netns/NAME as a plain file, then mounts the namespace on it:
+    a scan of every namespace in between skips the name instead of failing (setns: EINVAL)."""
+    plain = Path(netns.path).with_name(f"{netns.name}-plain")
+    plain.touch()
+    try:
+        labels = [report.netns for report in narcissus.scan(every=True)]
+    finally:
+        plain.unlink()
+    assert netns.name in labels and plain.name not in labels
+
+
+@needs_root
+def test_a_name_that_now_holds_another_namespace_is_gone(netns: PrivateNetns) -> None:
+    old = linux.namespaces(netns.name)[0]
+    subprocess.run(["ip", "netns", "del", netns.name], check=True)
+    subprocess.run(["ip", "netns", "add", netns.name], check=True)
+    with pytest.raises(NamespaceGoneError, match="no longer exists"):
+        linux.scan(old)
+
+
+@needs_root
 def test_settings_are_read_per_namespace(netns: PrivateNetns) -> None:
     netns.set_port_range(40000, 40100)
     netns.reserve("40010,40020-40030")
@@ -113,11 +163,11 @@ def test_settings_are_read_per_namespace(netns: PrivateNetns) -> None:
 
 
 @needs_root
-def test_an_unprivileged_user_is_told_owners_are_not_visible() -> None:
+def test_an_unprivileged_user_is_told_owners_are_not_visible(isolated: PrivateNetns) -> None:
     """Scan as `nobody` in a forked child (this interpreter, its modules already loaded)."""
     from narcissus.diagnose.scan import scan_namespaces
 
-    with plant("self4") as planted:
+    with plant("self4", netns=isolated) as planted:
         read_end, write_end = os.pipe()
         child = os.fork()
         if child == 0:  # pragma: no cover - runs in the child
@@ -156,11 +206,11 @@ def test_listening_sockets_are_found_with_owner() -> None:
                 assert planted.pid in [owner.pid for owner in sock.owners]
 
 
-def test_psutil_backend_finds_the_same_sockets() -> None:
+def test_psutil_backend_finds_the_same_sockets(isolated: PrivateNetns) -> None:
     """The backend other OSes use, exercised for real on this host."""
     from narcissus.system import _portable
 
-    with plant("self4", "pair4") as planted:
+    with plant("self4", "pair4", netns=isolated) as planted:
         report = _portable.scan()
         ports = {sock.local_port: sock for sock in report.sockets}
         live = planted.ports("self4")[0]

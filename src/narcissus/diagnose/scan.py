@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 from narcissus import system
 from narcissus.core.scan import ScanReport
-from narcissus.errors import NamespaceGoneError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,7 +23,8 @@ def scan_namespaces(
     """Scan the current namespace, the one named by `netns` (a name or a pid), or every one.
 
     With `kill`, destroy what was found (live sockets and TIME_WAIT remnants, both of which keep
-    a server from binding the port) and record the result in each report's `killed`.
+    a server from binding the port) and record the result in each report's `killed`. With
+    `every`, a namespace that disappears between the listing and its scan is left out.
     """
     return scan_listed(system.namespaces(netns, every=every), kill=kill, listed=every)
 
@@ -41,11 +41,12 @@ def scan_listed(
     for namespace in namespaces:
         try:
             report = system.scan(namespace)
-        except (NamespaceGoneError, InputError):
+            if kill and report.sockets:
+                killed = system.destroy(list(report.sockets), namespace)
+                report = report.replace(killed=tuple(killed))
+        except InputError:  # NamespaceGoneError, or a namespace that cannot be entered
             if listed and namespace is not None:
                 continue  # gone since it was listed: nothing left in it to report
             raise
-        if kill and report.sockets:
-            report = report.replace(killed=tuple(system.destroy(list(report.sockets), namespace)))
         reports.append(report)
     return reports

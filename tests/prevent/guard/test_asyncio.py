@@ -33,7 +33,9 @@ async def sock_connect(sock: socket.socket, target: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize(("family", "kind"), KINDS)
-def test_sock_connect_without_the_guard_self_connects(family: int, kind: int) -> None:
+def test_sock_connect_without_the_guard_self_connects(
+    isolated: PrivateNetns, family: int, kind: int
+) -> None:
     sock, target = bound_to_itself(family, kind)
     with sock:
         asyncio.run(sock_connect(sock, target))
@@ -41,7 +43,9 @@ def test_sock_connect_without_the_guard_self_connects(family: int, kind: int) ->
 
 
 @pytest.mark.parametrize(("family", "kind"), KINDS)
-def test_sock_connect_is_refused(guard: None, family: int, kind: int) -> None:
+def test_sock_connect_is_refused(
+    guard: None, isolated: PrivateNetns, family: int, kind: int
+) -> None:
     sock, target = bound_to_itself(family, kind)
     with sock:
         with pytest.raises(SelfConnectError):

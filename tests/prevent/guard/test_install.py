@@ -15,6 +15,7 @@ import pytest
 import narcissus
 from narcissus.prevent.guard import check, installed
 from tests.prevent.guard.selfconnects import bound_to_itself
+from tests.support import PrivateNetns
 
 PATCHED = [
     (socket.socket, "connect"),
@@ -39,7 +40,9 @@ def self_connect_refused() -> bool:
         return False
 
 
-def test_install_twice_then_uninstall_restores_the_originals_exactly() -> None:
+def test_install_twice_then_uninstall_restores_the_originals_exactly(
+    isolated: PrivateNetns,
+) -> None:
     before = class_attributes()
     assert before[:2] == [None, None]  # socket.socket inherits them from _socket.socket
     try:
@@ -106,7 +109,9 @@ def test_uninstall_leaves_a_later_patch_in_place_and_warns() -> None:
     assert socket.socket.connect is _socket.socket.connect
 
 
-def test_install_does_not_import_asyncio_but_guards_it_once_imported() -> None:
+def test_install_does_not_import_asyncio_but_guards_it_once_imported(
+    isolated: PrivateNetns,
+) -> None:
     """Run in a fresh interpreter: asyncio is not loaded yet when the guard is installed."""
     script = textwrap.dedent(
         """

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import PrivateNetns
+
 TESTS = textwrap.dedent(
     """
     import socket
@@ -50,7 +52,9 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_without_the_option_the_test_fails_with_a_mystery(project: Path) -> None:
+def test_without_the_option_the_test_fails_with_a_mystery(
+    project: Path, isolated: PrivateNetns
+) -> None:
     done = run_pytest(project)
     assert "1 failed, 1 passed" in done.stdout
     assert "assert b'PING' == b'+OK'" in done.stdout  # it read back its own bytes
@@ -58,7 +62,9 @@ def test_without_the_option_the_test_fails_with_a_mystery(project: Path) -> None
 
 
 @pytest.mark.parametrize("how", ["option", "ini"])
-def test_the_guard_fails_the_test_with_a_clear_message(project: Path, how: str) -> None:
+def test_the_guard_fails_the_test_with_a_clear_message(
+    project: Path, isolated: PrivateNetns, how: str
+) -> None:
     if how == "ini":
         (project / "pytest.ini").write_text("[pytest]\nnarcissus_guard = true\n")
         done = run_pytest(project)

@@ -11,11 +11,8 @@ listening on P the same client connects (from P+1) and works.
 from __future__ import annotations
 
 import asyncio
-import os
-import select
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -23,7 +20,7 @@ import pytest
 
 import narcissus
 from narcissus import is_self_connected
-from tests.support import PrivateNetns, needs_root
+from tests.support import PrivateNetns, needs_root, read_until
 
 redis = pytest.importorskip("redis")
 redis_asyncio = pytest.importorskip("redis.asyncio")
@@ -38,6 +35,7 @@ pytestmark = [
 
 PORT = 50000  # even: the port connect() tries first in the range [PORT, PORT + 1]
 OWN_HELLO_READ_BACK = "'list' object has no attribute 'get'"
+READY = b"Ready to accept connections"  # redis-server logs it once it listens
 
 
 @pytest.fixture
@@ -49,7 +47,8 @@ def namespace(netns: PrivateNetns) -> Iterator[PrivateNetns]:
 
 @contextmanager
 def redis_server(netns: PrivateNetns) -> Iterator[subprocess.Popen[bytes]]:
-    """redis-server on 127.0.0.1:PORT inside the namespace, stopped (by its pid) afterwards."""
+    """redis-server on 127.0.0.1:PORT inside the namespace, ready (it said so after listen()),
+    and stopped (by its pid) afterwards."""
     server = subprocess.Popen(
         netns.wrap(
             [
@@ -59,21 +58,11 @@ def redis_server(netns: PrivateNetns) -> Iterator[subprocess.Popen[bytes]]:
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        bufsize=0,  # unbuffered: select() on a buffered pipe misses lines already read ahead
     )
     try:
         assert server.stdout is not None
-        deadline = time.monotonic() + 30  # generous: a loaded 2-core CI machine is slow to fork
-        log = ""
-        while "Ready to accept connections" not in log:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0 and server.poll() is None, f"redis-server did not start:\n{log}"
-            # Read the pipe itself: readline() on the text wrapper could leave the ready line
-            # in its buffer, where select() never sees it (the test then waited 30 s and failed).
-            if select.select([server.stdout], [], [], remaining)[0]:
-                chunk = os.read(server.stdout.fileno(), 65536)
-                assert chunk, f"redis-server closed its output:\n{log}"
-                log += chunk.decode(errors="replace")
+        log = read_until(server.stdout, READY)
+        assert READY in log, f"redis-server exited before it was ready:\n{log.decode()}"
         yield server
     finally:
         server.terminate()
@@ -82,6 +71,8 @@ def redis_server(netns: PrivateNetns) -> Iterator[subprocess.Popen[bytes]]:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        if server.stdout:
+            server.stdout.close()
 
 
 class StartServerOnFirstFailure(AbstractBackoff):  # type: ignore[misc]

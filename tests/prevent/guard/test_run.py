@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import assert_one_line_error, run_cli
+from tests.support import PrivateNetns, assert_one_line_error, run_cli
 
 # Self-connects (bind-then-connect) and prints what it saw: "refused" or "self-connected";
 # with "spawn", first runs itself again as a child process and passes its line on.
@@ -49,7 +49,7 @@ def clean_env(**changes: str) -> dict[str, str]:
     return env
 
 
-def test_run_guards_the_command_and_its_children(child: Path) -> None:
+def test_run_guards_the_command_and_its_children(child: Path, isolated: PrivateNetns) -> None:
     done = run_cli("run", "--", sys.executable, str(child), "spawn")
     assert done.returncode == 7  # the command's own exit status
     assert done.stdout.splitlines() == ["child: refused", "refused"]
@@ -59,14 +59,14 @@ def test_run_guards_the_command_and_its_children(child: Path) -> None:
     assert "narcissus doctor --port" in reports[0]
 
 
-def test_without_run_the_same_command_self_connects(child: Path) -> None:
+def test_without_run_the_same_command_self_connects(child: Path, isolated: PrivateNetns) -> None:
     done = subprocess.run(
         [sys.executable, str(child)], capture_output=True, text=True, env=clean_env(), check=False
     )
     assert done.stdout.split() == ["self-connected"]
 
 
-def test_run_json_reports_one_object_per_line(child: Path) -> None:
+def test_run_json_reports_one_object_per_line(child: Path, isolated: PrivateNetns) -> None:
     done = run_cli("run", "--json", "--", sys.executable, str(child))
     assert done.stdout.split() == ["refused"]
     [report] = [json.loads(line) for line in done.stderr.splitlines()]
@@ -76,7 +76,7 @@ def test_run_json_reports_one_object_per_line(child: Path) -> None:
     assert report["program"] == "child.py" and isinstance(report["pid"], int)
 
 
-def test_run_quiet_and_retries(child: Path, tmp_path: Path) -> None:
+def test_run_quiet_and_retries(child: Path, tmp_path: Path, isolated: PrivateNetns) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("from narcissus.prevent.guard import check\nprint(check.retries)\n")
     done = run_cli("run", "--quiet", "--retries", "3", "--", sys.executable, str(probe))
@@ -103,7 +103,9 @@ def test_run_keeps_an_existing_sitecustomize_and_pythonpath(child: Path, tmp_pat
 
 
 @pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs the system python3")
-def test_run_guards_a_python_without_narcissus_installed(child: Path) -> None:
+def test_run_guards_a_python_without_narcissus_installed(
+    child: Path, isolated: PrivateNetns
+) -> None:
     system = subprocess.run(
         ["/usr/bin/python3", "-c", "import narcissus"], capture_output=True, check=False
     )
@@ -147,7 +149,7 @@ def probe_guard(**env: str) -> list[str]:
     return done.stdout.split() + ([done.stderr.strip()] if done.stderr else [])
 
 
-def test_narcissus_guard_1_guards_an_unwrapped_python(child: Path) -> None:
+def test_narcissus_guard_1_guards_an_unwrapped_python(child: Path, isolated: PrivateNetns) -> None:
     assert probe_guard(NARCISSUS_GUARD="1") == ["True", "narcissus.prevent.guard.sockets"]
     done = subprocess.run(
         [sys.executable, str(child)],

@@ -47,7 +47,9 @@ def assert_refused_and_reusable(
 
 
 @pytest.mark.parametrize(("family", "kind"), KINDS)
-def test_bind_then_connect_self_connects_without_the_guard(family: int, kind: int) -> None:
+def test_bind_then_connect_self_connects_without_the_guard(
+    isolated: PrivateNetns, family: int, kind: int
+) -> None:
     sock, target = bound_to_itself(family, kind)
     with sock:
         sock.connect(target)
@@ -55,7 +57,9 @@ def test_bind_then_connect_self_connects_without_the_guard(family: int, kind: in
 
 
 @pytest.mark.parametrize(("family", "kind"), KINDS)
-def test_bind_then_connect_is_refused(guard: None, family: int, kind: int) -> None:
+def test_bind_then_connect_is_refused(
+    guard: None, isolated: PrivateNetns, family: int, kind: int
+) -> None:
     sock, target = bound_to_itself(family, kind)
     with sock:
         with pytest.raises(SelfConnectError) as refused:
@@ -64,7 +68,9 @@ def test_bind_then_connect_is_refused(guard: None, family: int, kind: int) -> No
 
 
 @pytest.mark.parametrize(("family", "kind"), KINDS)
-def test_connect_ex_returns_econnrefused(guard: None, family: int, kind: int) -> None:
+def test_connect_ex_returns_econnrefused(
+    guard: None, isolated: PrivateNetns, family: int, kind: int
+) -> None:
     sock, target = bound_to_itself(family, kind)
     with sock:
         assert sock.connect_ex(target) == errno.ECONNREFUSED
@@ -160,7 +166,9 @@ def test_retries_connect_again_and_never_return_a_self_connected_socket(
         assert active_opens() - opens == retries + 1
 
 
-def test_same_port_on_another_address_is_not_a_self_connect(guard: None) -> None:
+def test_same_port_on_another_address_is_not_a_self_connect(
+    guard: None, isolated: PrivateNetns
+) -> None:
     """Equal ports take the guard's slow path; different addresses must pass untouched."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

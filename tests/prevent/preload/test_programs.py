@@ -408,12 +408,12 @@ def test_a_go_binary_is_reported_not_covered(programs: Programs, mark: str) -> N
     assert "narcissus shield" in line
 
 
-def test_a_setuid_binary_is_reported_not_covered(programs: Programs) -> None:
+def test_a_setuid_binary_is_reported_not_covered(programs: Programs, netns: PrivateNetns) -> None:
     setuid = programs.root / "client-setuid"
     setuid.write_bytes(programs.client.read_bytes())
     setuid.chmod(0o4755)  # owned by root; run by nobody
-    try:
-        done = narcissus_run(programs, None, str(setuid), "bindself", "20000")
+    try:  # the client connects to itself (bindself): in a namespace of its own, not the host's
+        done = narcissus_run(programs, netns, str(setuid), "bindself", "20000")
     finally:
         setuid.unlink()
     [line] = [line for line in done.stderr.splitlines() if line.startswith("narcissus run:")]
@@ -422,12 +422,12 @@ def test_a_setuid_binary_is_reported_not_covered(programs: Programs) -> None:
     assert "Nothing it starts is guarded" in line
 
 
-def test_a_script_is_judged_by_its_interpreter(programs: Programs) -> None:
+def test_a_script_is_judged_by_its_interpreter(programs: Programs, netns: PrivateNetns) -> None:
     script = programs.root / "tool.sh"
     script.write_text(f"#!{programs.static_client} bindself\n")
     script.chmod(0o755)
     try:
-        done = narcissus_run(programs, None, str(script), "20000")
+        done = narcissus_run(programs, netns, str(script), "20000")
     finally:
         script.unlink()
     [line] = [line for line in done.stderr.splitlines() if line.startswith("narcissus run:")]

@@ -115,6 +115,23 @@ def remove_stale_instances(root: str) -> list[str]:
     return removed
 
 
+def saved_tgids(root: str) -> dict[int, int]:
+    """ftrace's record of thread id -> process id (kept while any instance has `record-tgid`
+    on; global, not per instance). A thread's entry is written at its context switches after
+    an event, so a thread that has exited has its last one; {} if it cannot be read."""
+    try:
+        with open(os.path.join(root, "saved_tgids"), encoding="ascii") as handle:
+            text = handle.read()
+    except OSError:
+        return {}
+    found: dict[int, int] = {}
+    for line in text.splitlines():
+        tid, _, tgid = line.partition(" ")
+        if tid.isdigit() and tgid.isdigit():
+            found[int(tid)] = int(tgid)
+    return found
+
+
 # ------------------------------------------------------------------ signals
 
 

@@ -21,9 +21,48 @@ from narcissus.core.sock_trace import (
 )
 from narcissus.core.watch import SelfConnectEvent, WatchBatch
 from narcissus.system.linux import netns, procfs
-from narcissus.system.linux.ftrace import TraceInstance
+from narcissus.system.linux.ftrace import TraceInstance, saved_tgids
 
 _DRAIN_READS = 1000  # bound on reads per drain(): ~1 GB of trace text
+
+
+class _Owners:
+    """Who made the self-connects of one batch of trace lines (looked up once per thread and
+    per process in a batch: a storm comes from a few threads).
+
+    A line's `(tgid)` is what ftrace last recorded for that thread id, and it records a thread
+    only at a context switch after an event: a line read before the thread's next switch shows
+    no process, or the previous owner's of a reused thread id. Measured with short-lived
+    threads that self-connect while the watcher reads: the line's tgid, else the thread's
+    /proc entry, named the wrong process for half of 20,000 events (the threads were gone by
+    then). So the live thread's own answer comes first; a thread gone by now has had its last
+    switch, so ftrace's saved record of it (`saved_tgids`) is up to date; the line comes last.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.processes: dict[int, int] = {}
+        self.saved: dict[int, int] | None = None
+        self.details: dict[int, tuple[str | None, str | None]] = {}
+
+    def process_of(self, change: StateChange) -> int:
+        tid = change.tid
+        if tid not in self.processes:
+            pid = procfs.thread_group(tid)
+            if pid is None:
+                if self.saved is None:
+                    self.saved = saved_tgids(self.root)
+                pid = self.saved.get(tid) or change.tgid or tid
+            self.processes[tid] = pid
+        return self.processes[tid]
+
+    def about(self, pid: int) -> tuple[str | None, str | None]:
+        """The process's name and network namespace, while it runs."""
+        if pid not in self.details:
+            name = procfs.process_name(pid)
+            found = netns.of_process(pid)
+            self.details[pid] = (None if name == "?" else name, found.label if found else None)
+        return self.details[pid]
 
 
 class SelfConnectTrace:
@@ -58,19 +97,15 @@ class SelfConnectTrace:
         sources at once)."""
         return self.instance.fileno()
 
-    def _event(self, change: StateChange, clock_offset: float) -> SelfConnectEvent:
+    def _event(self, change: StateChange, clock_offset: float, known: _Owners) -> SelfConnectEvent:
         pid: int | None = None
         process: str | None = None
         namespace: str | None = None
         if not change.in_kernel_task:
-            pid = change.tgid or procfs.thread_group(change.tid) or change.tid
+            pid = known.process_of(change)
             # The line names the thread; a thread of a bigger process is known by the process.
-            process = change.comm
-            if process is None or pid != change.tid:
-                name = procfs.process_name(pid)
-                process = process if name == "?" else name
-            found = netns.of_process(pid)
-            namespace = found.label if found else None
+            name, namespace = known.about(pid)
+            process = name or change.comm
         return SelfConnectEvent(
             time=change.seconds + clock_offset,
             pid=pid,
@@ -94,6 +129,7 @@ class SelfConnectTrace:
         events: list[SelfConnectEvent] = []
         lost = 0
         warnings: list[str] = []
+        known = _Owners(self.instance.root)
         for line in lines:
             try:
                 parsed = parse_line(line)
@@ -106,7 +142,7 @@ class SelfConnectTrace:
                 lost += parsed.count
             elif parsed is not None and parsed.is_self_connect:
                 event_offset = offset if offset is not None else now - parsed.seconds
-                events.append(self._event(parsed, event_offset))
+                events.append(self._event(parsed, event_offset, known))
         return WatchBatch(tuple(events), lost, tuple(warnings))
 
     def drain(self) -> WatchBatch:
