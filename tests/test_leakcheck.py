@@ -142,7 +142,7 @@ def test_a_session_that_leaves_nothing_passes(tmp_path: Path, netns: PrivateNetn
     done = run_session(tmp_path, netns)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout and leaked(done.stdout) == []
-    assert "traced the session's connects to their own port: 1 host" in done.stdout
+    assert "scripts/in-own-netns counts them exactly): 1 host" in done.stdout
 
 
 def test_what_another_program_leaves_meanwhile_is_not_counted(
