@@ -2,7 +2,7 @@
 self-connect?
 
 Inside a private network namespace (created and deleted here), with the C client of
-tests/preload/client.c compiled for the run:
+tests/prevent/preload/client.c compiled for the run:
 
 1. Cost. A C listener accepts and closes; the client makes connects to it and times connect()
    alone (clock_gettime around each call; a block reports its median), unguarded (no
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import children, in_private_netns, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIENT_SOURCE = ROOT / "tests" / "preload" / "client.c"
+CLIENT_SOURCE = ROOT / "tests" / "prevent" / "preload" / "client.c"
 PORT_INSIDE, PORT_OUTSIDE, ONE_PORT = 40000, 20000, 50000
 RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 
