@@ -345,3 +345,29 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], *fragments: st
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     assert done.stdout == ""
+
+
+# ---------------------------------------------------------------- the package as users get it
+
+ROOT = TESTS.parent
+
+
+def build_wheel(
+    directory: Path, *, env: dict[str, str] | None = None
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Build this checkout's wheel into `directory` (`pip wheel`, the build hook included, no
+    isolation: the venv already has hatchling); the wheel and what pip said."""
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"),
+            *("--quiet", "--wheel-dir", str(directory), str(ROOT)),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    [wheel] = directory.glob("narcissus-*.whl")
+    return wheel, done

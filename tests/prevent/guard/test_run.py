@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import PrivateNetns, assert_one_line_error, run_cli
+from tests.support import ROOT, PrivateNetns, assert_one_line_error, build_wheel, run_cli
 
 # Self-connects (bind-then-connect) and prints what it saw: "refused" or "self-connected";
 # with "spawn", first runs itself again as a child process and passes its line on.
@@ -174,27 +174,8 @@ def test_a_bad_retries_setting_warns_and_still_guards() -> None:
 
 def test_the_wheel_puts_the_pth_file_beside_the_package(tmp_path: Path) -> None:
     """What NARCISSUS_GUARD=1 relies on in a regular (non-editable) install."""
-    root = Path(__file__).resolve().parents[3]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "--quiet",
-            "--wheel-dir",
-            str(tmp_path),
-            str(root),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    [wheel] = tmp_path.glob("narcissus-*.whl")
+    root = ROOT
+    wheel, _done = build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         pth = archive.read("narcissus_guard.pth").decode()

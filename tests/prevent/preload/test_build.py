@@ -16,7 +16,7 @@ import pytest
 
 from narcissus.prevent.preload import build, prepare, with_library
 from tests.prevent.preload.helpers import PORT, Programs, narcissus_run, run_as_nobody
-from tests.support import NOBODY, PrivateNetns, unprivileged_python
+from tests.support import NOBODY, PrivateNetns, build_wheel, unprivileged_python
 
 ROOT = Path(__file__).resolve().parents[3]
 LOCATE = ["-m", "narcissus.prevent.preload"]
@@ -141,26 +141,8 @@ def test_the_wheel_carries_the_library_and_uses_it_without_a_compiler(
     """`pip install .` builds a wheel with the library inside (platform tag); installed, it is
     found there: no compiler, no cache, no HOME needed."""
     wheels = tmp_path / "wheels"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "--quiet",
-            "--wheel-dir",
-            str(wheels),
-            str(ROOT),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    [wheel] = wheels.glob("narcissus-*.whl")
+    wheels.mkdir()
+    wheel, _done = build_wheel(wheels)
     assert wheel.name.endswith("-py3-none-linux_x86_64.whl") or "-py3-none-linux_" in wheel.name
     site = programs.root / "site-test"
     if site.exists():
@@ -182,27 +164,7 @@ def test_the_wheel_carries_the_library_and_uses_it_without_a_compiler(
 
 
 def test_without_a_compiler_the_wheel_is_pure(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "--quiet",
-            "--wheel-dir",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-        env={**os.environ, "CC": "no-such-compiler"},
-    )
-    assert done.returncode == 0, done.stderr
-    [wheel] = tmp_path.glob("narcissus-*.whl")
+    wheel, _done = build_wheel(tmp_path, env={**os.environ, "CC": "no-such-compiler"})
     assert wheel.name.endswith("-py3-none-any.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert not [n for n in archive.namelist() if build.PREFIX in n]
