@@ -193,17 +193,7 @@ def _announce_written(exporter: TextfileExporter, size: int, as_json: bool) -> N
 
 def _announce_textfile(exporter: TextfileExporter, every: float, as_json: bool) -> None:
     if as_json:
-        ready = {
-            "event": "ready",
-            "path": exporter.path,
-            "interval_seconds": every,
-            "backend": exporter.backend,
-            "binds": exporter.bind_watcher is not None,
-            "pid": os.getpid(),
-            "notes": list(exporter.notes),
-        }
-        sys.stdout.write(json.dumps(ready) + "\n")
-        sys.stdout.flush()
+        _ready_line(exporter, path=exporter.path, interval_seconds=every)
         return
     sys.stderr.write(
         f"narcissus exporter: writing {exporter.path} every {format_duration(every)} "
@@ -214,21 +204,24 @@ def _announce_textfile(exporter: TextfileExporter, every: float, as_json: bool) 
     sys.stderr.flush()
 
 
+def _ready_line(exporter: MetricsExporter | TextfileExporter, **where: object) -> None:
+    """The JSON ready line both kinds of exporter print: where it serves, then what it runs."""
+    ready = {
+        "event": "ready",
+        **where,
+        "backend": exporter.backend,
+        "binds": exporter.bind_watcher is not None,
+        "pid": os.getpid(),
+        "notes": list(exporter.notes),
+    }
+    sys.stdout.write(json.dumps(ready) + "\n")
+    sys.stdout.flush()
+
+
 def _announce_ready(exporter: MetricsExporter, as_json: bool) -> None:
     exposed = not _is_loopback(exporter.host)
     if as_json:
-        ready = {
-            "event": "ready",
-            "url": exporter.url,
-            "address": exporter.host,
-            "port": exporter.port,
-            "backend": exporter.backend,
-            "binds": exporter.bind_watcher is not None,
-            "pid": os.getpid(),
-            "notes": list(exporter.notes),
-        }
-        sys.stdout.write(json.dumps(ready) + "\n")
-        sys.stdout.flush()
+        _ready_line(exporter, url=exporter.url, address=exporter.host, port=exporter.port)
         return
     sys.stderr.write(
         f"narcissus exporter: serving {exporter.url} (self-connect events from "
