@@ -41,8 +41,11 @@ deliberate simultaneous open with an unbound socket. Scope it with --cgroup to a
   off     remove exactly what `on` added there (other tools' programs stay)
   status  where it is active, and how many connects it refused so far
 
-Mechanism: bpf-set-retval (Linux >= 5.18) makes connect() fail with ECONNREFUSED; older
-kernels get bpf-eperm (connect() fails with EPERM). Needs root, cgroup v2 and kernel BTF.
+Mechanism: bpf-set-retval (Linux >= 5.18) makes connect() fail with ECONNREFUSED. Older
+kernels get iptables-reject where iptables has the bpf match: an iptables and an ip6tables rule
+in this network namespace answer the self-connect's SYN with a reset (ECONNREFUSED too), for
+this namespace only (no --cgroup); else bpf-eperm (connect() fails with EPERM). Needs root,
+cgroup v2 and kernel BTF (the iptables rules need only root).
 For one command only (a CI job, a test run): narcissus run --shield -- CMD.
 
 examples:
@@ -86,9 +89,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mechanism",
-        choices=("auto", "bpf-set-retval", "bpf-eperm"),
+        choices=("auto", "bpf-set-retval", "bpf-eperm", "iptables-reject"),
         default="auto",
-        help="on: how connect() is failed (default auto: ECONNREFUSED where the kernel can)",
+        help="on: how connect() is failed: bpf-set-retval (ECONNREFUSED, Linux >= 5.18), "
+        "iptables-reject (ECONNREFUSED by a TCP reset, this network namespace only, no "
+        "--cgroup) or bpf-eperm (EPERM); default auto: the first this host offers",
     )
     add_json_option(parser)
 
@@ -125,6 +130,7 @@ def status_json(status: ShieldStatus) -> dict[str, Any]:
                 "refused": item.refused,
                 "hooks": list(item.hooks),
                 "pinned": item.pinned,
+                "scope": item.scope,
             }
             for item in status.cgroups
         ],
@@ -138,6 +144,7 @@ def status_json(status: ShieldStatus) -> dict[str, Any]:
 _MEANING = {
     "bpf-set-retval": "connect() fails with ECONNREFUSED",
     "bpf-eperm": "connect() fails with EPERM: this kernel lacks bpf_set_retval",
+    "iptables-reject": "a TCP reset: connect() fails with ECONNREFUSED, in one namespace",
 }
 
 
@@ -150,17 +157,21 @@ def _render(status: ShieldStatus, action: str) -> None:
     elif action == "off":
         out.print("Shield off." if status.changed else "No shield of narcissus was there.")
     if not status.active:
-        out.print(f"No cgroup is shielded (kernel {status.kernel}).")
+        out.print(
+            f"No cgroup is shielded, and no namespace has its rules (kernel {status.kernel})."
+        )
     else:
         mechanism = status.mechanism or "?"
         meaning = _MEANING.get(mechanism, "")
         out.print(
-            f"[bold green]Active[/] on {len(status.cgroups)} cgroup(s), {mechanism}"
+            f"[bold green]Active[/] on {len(status.cgroups)} cgroup(s) or namespace(s), {mechanism}"
             + (f" ({meaning})" if meaning else "")
             + f", kernel {status.kernel}:"
         )
         for item in status.cgroups:
             kind = "pinned" if item.pinned else "held by a running `narcissus run --shield`"
+            if item.scope == "netns":
+                kind = "iptables rules in this network namespace"
             out.print(
                 f"  {item.path or f'cgroup id {item.cgroup_id}'}  ({kind}; "
                 f"{'+'.join(item.hooks)})  refused {item.refused}",

@@ -61,12 +61,19 @@ loopback address from an IPV6_V6ONLY socket, fails with ECONNREFUSED instead of 
 Not covered: MPTCP sockets (protocol 262). TCP Fast Open's sendto() goes through the same
 hook and is covered.
 
-Fallback: without bpf_set_retval on this hook (kernels before 5.18), the same programs return
-"reject" without setting the error, and connect() fails with EPERM (mechanism "bpf-eperm"):
-still never a self-connect, in every namespace, but the caller sees EPERM, not ECONNREFUSED.
-An iptables/ip6tables `-m bpf` REJECT --reject-with tcp-reset rule matching the self-SYN would
-give the exact error, but only in the one network namespace it is added to: containers
-started later would need a daemon to add it. It is not implemented.
+Fallbacks, without bpf_set_retval on this hook (kernels before 5.18):
+  - "iptables-reject": an iptables and an ip6tables rule in the OUTPUT chain of one network
+    namespace (the one `shield on` runs in) whose `bpf` match (classic BPF, `SELF_SYN_V4/V6`
+    below) finds a TCP SYN whose source address and port equal its destination's: the SYN of a
+    self-connect, whatever made it. REJECT --reject-with tcp-reset answers it, so connect()
+    fails with ECONNREFUSED, the exact error. It covers that namespace only (containers started
+    later would need a rule each), refuses only the self-connect itself (no listener lookup,
+    no range: the packet says it all), and counts in the rules' packet counters. Chosen
+    automatically where iptables has the bpf match, and for `shield on` without --cgroup.
+  - "bpf-eperm": the programs above return "reject" without setting the error and connect()
+    fails with EPERM: never a self-connect, in every namespace of the cgroup, but the caller
+    sees EPERM, not ECONNREFUSED. Chosen where the first cannot be, and for `run --shield`
+    (which is scoped to a cgroup).
 
 Size: connect4 ~140 instructions, connect6 ~300 (it carries the IPv4 steps a second time for
 IPv4-mapped destinations); each step below is commented with its number.
@@ -135,7 +142,11 @@ ECONNREFUSED = 111
 
 MECHANISM_RETVAL = "bpf-set-retval"  # connect() fails with ECONNREFUSED
 MECHANISM_EPERM = "bpf-eperm"  # kernels without bpf_set_retval here: connect() fails with EPERM
-MECHANISMS = (MECHANISM_RETVAL, MECHANISM_EPERM)
+# The fallback for one network namespace: an iptables/ip6tables rule REJECTs the self-SYN with a
+# TCP reset (ECONNREFUSED), on kernels without bpf_set_retval (see the module notes)
+MECHANISM_IPTABLES = "iptables-reject"
+BPF_MECHANISMS = (MECHANISM_RETVAL, MECHANISM_EPERM)  # the programs below, two ways to fail
+MECHANISMS = (*BPF_MECHANISMS, MECHANISM_IPTABLES)
 
 PROGRAM_NAMES = {  # (family, mechanism) -> program name (bpftool shows it; status reads it)
     (4, MECHANISM_RETVAL): "narcissus_c4",
@@ -599,8 +610,8 @@ def program(
 ) -> bytes:
     """The assembled program for one family, ready for BPF_PROG_LOAD. `cache_fd`: an LRU
     hash map (CACHE_KEY_SIZE -> CACHE_VALUE_SIZE) remembering addresses found not local."""
-    if mechanism not in MECHANISMS:
-        raise ValueError(f"unknown mechanism {mechanism!r}")
+    if mechanism not in BPF_MECHANISMS:
+        raise ValueError(f"unknown mechanism {mechanism!r} for these programs")
     build = connect4_program if family == 4 else connect6_program
     return B.assemble(build(layout, counter_fd, mechanism, cache_fd))
 
@@ -616,8 +627,9 @@ class ShieldedCgroup:
     cgroup_id: int
     mechanism: str  # "bpf-set-retval" (ECONNREFUSED) or "bpf-eperm" (EPERM)
     refused: int  # connects refused there so far
-    hooks: tuple[str, ...]  # ("connect4", "connect6")
+    hooks: tuple[str, ...]  # ("connect4", "connect6"); ("iptables", "ip6tables")
     pinned: bool  # by `shield on` (stays); False: held by a running `run --shield`
+    scope: str = "cgroup"  # "cgroup"; "netns": iptables rules in the namespace named by path
 
 
 @dataclass(frozen=True)
@@ -655,3 +667,74 @@ class ShieldedRun:
     cgroup: str  # the cgroup it ran in (removed now)
     mechanism: str
     evacuated: int  # processes it left behind, moved to the parent cgroup before removal
+
+
+# ---------------------------------------------------------------- the iptables fallback
+
+# Classic BPF, as iptables' `bpf` match runs it on an outgoing packet from its IP header:
+# (opcode, jump if true, jump if false, k), one instruction per row. It accepts (returns
+# non-zero) a TCP packet whose source address and port equal its destination's.
+_LDB_ABS, _LDH_ABS, _LD_ABS = 0x30, 0x28, 0x20  # A = byte / half / word at [k]
+_LDH_IND = 0x48  # A = half at [X + k]
+_LDXB_MSH = 0xB1  # X = 4 * ([k] & 0xf): the IPv4 header's length
+_TAX, _ST, _LDX_MEM = 0x07, 0x02, 0x61  # X = A; M[k] = A; X = M[k]
+_JEQ_K, _JEQ_X = 0x15, 0x1D  # jump if A == k / A == X
+_RET = 0x06
+_ACCEPT, _NO = 0xFFFF, 0
+
+SELF_SYN_V4: tuple[tuple[int, int, int, int], ...] = (
+    (_LDB_ABS, 0, 0, 9),  # 0: A = protocol
+    (_JEQ_K, 0, 11, IPPROTO_TCP),  # 1: not TCP -> 13 (no)
+    (_LD_ABS, 0, 0, 12),  # 2: A = source address
+    (_TAX, 0, 0, 0),  # 3: X = A
+    (_LD_ABS, 0, 0, 16),  # 4: A = destination address
+    (_JEQ_X, 0, 7, 0),  # 5: addresses differ -> 13 (no)
+    (_LDXB_MSH, 0, 0, 0),  # 6: X = IP header length
+    (_LDH_IND, 0, 0, 0),  # 7: A = TCP source port
+    (_ST, 0, 0, 0),  # 8: M[0] = A
+    (_LDH_IND, 0, 0, 2),  # 9: A = TCP destination port
+    (_LDX_MEM, 0, 0, 0),  # 10: X = M[0]
+    (_JEQ_X, 0, 1, 0),  # 11: ports differ -> 13 (no)
+    (_RET, 0, 0, _ACCEPT),  # 12: a packet to itself
+    (_RET, 0, 0, _NO),  # 13
+)
+
+# IPv6 (loopback TCP carries no extension headers): next header at 6, source address at 8..23,
+# destination at 24..39, compared word by word; TCP ports at 40 and 42.
+SELF_SYN_V6: tuple[tuple[int, int, int, int], ...] = (
+    (_LDB_ABS, 0, 0, 6),  # 0: A = next header
+    (_JEQ_K, 0, 22, IPPROTO_TCP),  # 1: not TCP -> 24 (no)
+    *(
+        row
+        for word in range(4)  # 2..17: the four words of the addresses, each equal
+        for row in (
+            (_LD_ABS, 0, 0, 8 + 4 * word),
+            (_TAX, 0, 0, 0),
+            (_LD_ABS, 0, 0, 24 + 4 * word),
+            (_JEQ_X, 0, 18 - 4 * word, 0),  # differ -> 24 (no)
+        )
+    ),
+    (_LDH_ABS, 0, 0, 40),  # 18: A = TCP source port
+    (_ST, 0, 0, 0),  # 19: M[0] = A
+    (_LDH_ABS, 0, 0, 42),  # 20: A = TCP destination port
+    (_LDX_MEM, 0, 0, 0),  # 21: X = M[0]
+    (_JEQ_X, 0, 1, 0),  # 22: ports differ -> 24 (no)
+    (_RET, 0, 0, _ACCEPT),  # 23: a packet to itself
+    (_RET, 0, 0, _NO),  # 24
+)
+
+IPTABLES_COMMENT = "narcissus-shield"  # marks our rules: status and off find them by it
+
+
+def xt_bpf_bytecode(program: tuple[tuple[int, int, int, int], ...]) -> str:
+    """The program as `iptables -m bpf --bytecode` takes it: "N,code jt jf k,..."."""
+    return ",".join([str(len(program)), *(" ".join(map(str, row)) for row in program)])
+
+
+def iptables_rule(program: tuple[tuple[int, int, int, int], ...]) -> tuple[str, ...]:
+    """The rule (after `iptables -A`/`-C`/`-D`): a TCP SYN to itself gets a reset."""
+    return (
+        *("OUTPUT", "-p", "tcp", "--syn", "-m", "comment", "--comment", IPTABLES_COMMENT),
+        *("-m", "bpf", "--bytecode", xt_bpf_bytecode(program)),
+        *("-j", "REJECT", "--reject-with", "tcp-reset"),
+    )

@@ -114,7 +114,7 @@ def test_btf_offsets_of_this_kernel() -> None:
 
 
 @needs_root
-@pytest.mark.parametrize("mechanism", S.MECHANISMS)
+@pytest.mark.parametrize("mechanism", S.BPF_MECHANISMS)
 @pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("nonlocal_known", [True, False])
 @pytest.mark.parametrize("cached", [True, False])

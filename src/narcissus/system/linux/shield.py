@@ -28,6 +28,7 @@ import fcntl
 import functools
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,17 +155,93 @@ def set_retval_supported() -> bool:
     return True
 
 
-def _choose_mechanism(requested: str | None) -> str:
+def _choose_mechanism(requested: str | None, *, cgroup: bool) -> str:
+    """The mechanism asked for, checked; or the best this kernel offers. `cgroup`: the shield
+    must be scoped to a cgroup (`--cgroup`, `run --shield`), which the iptables rules cannot."""
     if requested is not None:
         if requested not in S.MECHANISMS:
             raise InputError(f"unknown mechanism {requested!r}: one of {', '.join(S.MECHANISMS)}")
+        if requested == S.MECHANISM_IPTABLES:
+            if cgroup:
+                raise InputError(
+                    "the iptables-reject mechanism covers a network namespace, not a cgroup: "
+                    "leave out --cgroup (and it cannot serve run --shield)"
+                )
+            if not iptables_usable():
+                raise UnsupportedError(
+                    "iptables-reject needs iptables and ip6tables with the bpf match "
+                    "(xt_bpf); use the bpf-eperm mechanism"
+                )
         if requested == S.MECHANISM_RETVAL and not set_retval_supported():
             raise UnsupportedError(
                 "this kernel does not offer bpf_set_retval to cgroup/connect programs "
-                "(Linux >= 5.18); use the bpf-eperm mechanism"
+                "(Linux >= 5.18); use the iptables-reject or bpf-eperm mechanism"
             )
         return requested
-    return S.MECHANISM_RETVAL if set_retval_supported() else S.MECHANISM_EPERM
+    if set_retval_supported():
+        return S.MECHANISM_RETVAL
+    return S.MECHANISM_IPTABLES if not cgroup and iptables_usable() else S.MECHANISM_EPERM
+
+
+# ---------------------------------------------------------------- the iptables fallback
+
+_IPTABLES = (("iptables", S.SELF_SYN_V4), ("ip6tables", S.SELF_SYN_V6))
+
+
+def _xtables(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool, "-w", *args], capture_output=True, text=True, check=False, timeout=30
+    )
+
+
+@functools.cache
+def iptables_usable() -> bool:
+    """Are iptables and ip6tables there, with the bpf match (xt_bpf)?"""
+    if not all(shutil.which(tool) for tool, _program in _IPTABLES):
+        return False
+    return all(_xtables(tool, "-m", "bpf", "--help").returncode == 0 for tool, _p in _IPTABLES)
+
+
+def _iptables_rules() -> dict[str, int]:
+    """Our rules in this namespace's OUTPUT chains: tool -> packets they matched so far."""
+    found: dict[str, int] = {}
+    for tool, _program in _IPTABLES:
+        if shutil.which(tool) is None:
+            continue
+        listing = _xtables(tool, "-L", "OUTPUT", "-v", "-n", "-x")
+        for line in listing.stdout.splitlines():
+            if S.IPTABLES_COMMENT in line and line.split()[0].isdigit():
+                found[tool] = found.get(tool, 0) + int(line.split()[0])
+    return found
+
+
+def _iptables_on() -> bool:
+    """Add the rules where they are missing; True if something was added."""
+    added = False
+    for tool, program in _IPTABLES:
+        rule = S.iptables_rule(program)
+        if _xtables(tool, "-C", *rule).returncode == 0:
+            continue
+        done = _xtables(tool, "-A", *rule)
+        if done.returncode != 0:
+            _iptables_off()  # both or neither
+            raise UnsupportedError(f"{tool} refused the shield's rule: {done.stderr.strip()}")
+        added = True
+    return added
+
+
+def _iptables_off() -> bool:
+    """Delete every copy of our rules; True if there was one."""
+    removed = False
+    for tool, program in _IPTABLES:
+        if shutil.which(tool) is None:
+            continue
+        rule = S.iptables_rule(program)
+        for _copy in range(16):  # bounded: one per `on`, a few at most
+            if _xtables(tool, "-D", *rule).returncode != 0:
+                break
+            removed = True
+    return removed
 
 
 # ---------------------------------------------------------------- loading and attaching
@@ -356,9 +433,19 @@ def shield_on(cgroup: str | None = None, *, mechanism: str | None = None) -> Shi
     """Attach the shield to `cgroup` (a cgroup v2 directory; default: the hierarchy's root,
     every process of the host) and pin it so it stays after this process exits. Idempotent:
     a cgroup already shielded is left as it is."""
-    path = _target(cgroup)
+    if mechanism == S.MECHANISM_IPTABLES and cgroup is not None:
+        _choose_mechanism(mechanism, cgroup=True)  # says why, before anything else
+    named = _target(cgroup) if cgroup is not None else None  # bad input first, then root
     _require_root()
-    chosen = _choose_mechanism(mechanism)
+    chosen = _choose_mechanism(mechanism, cgroup=cgroup is not None)
+    if chosen == S.MECHANISM_IPTABLES:
+        changed = _iptables_on()
+        note = (
+            "iptables-reject covers this network namespace only: run `narcissus shield on` in "
+            "each namespace (container) to protect, or on a kernel >= 5.18 for all at once"
+        )
+        return _status(changed=changed, notes=(note,))
+    path = named or _target(None)
     base = _pin_base(mount=True)
     assert base is not None
     os.makedirs(base, exist_ok=True)
@@ -402,12 +489,21 @@ def shield_on(cgroup: str | None = None, *, mechanism: str | None = None) -> Shi
 
 
 def shield_off(cgroup: str | None = None) -> ShieldStatus:
-    """Remove what `shield_on(cgroup)` added (its links and pins), and any pins whose cgroup is
-    gone; another tool's programs on the cgroup are left alone."""
-    path = _target(cgroup)
-    _require_root()
+    """Remove what `shield_on(cgroup)` added (its links and pins; without `cgroup`, also the
+    iptables-reject rules of this namespace), and any pins whose cgroup is gone; another tool's
+    programs and rules are left alone."""
+    if cgroup is None:
+        _require_root()
+        changed = _iptables_off()
+        try:
+            path = _target(None)
+        except UnsupportedError:  # no cgroup v2 in sight (`ip netns exec` hides it): rules only
+            return _status(changed=changed)
+    else:
+        path = _target(cgroup)
+        _require_root()
+        changed = False
     base = _pin_base(mount=False)
-    changed = False
     if base is not None and os.path.isdir(base):
         with _locked(base):
             directory = _pin_dir(base, cgroups.cgroup_id(path))
@@ -476,6 +572,21 @@ def _status(*, changed: bool, notes: tuple[str, ...] = ()) -> ShieldStatus:
                 refused=sum(_counter_by_id(map_id) for map_id in maps),
                 hooks=tuple(sorted(hooks)),
                 pinned=pinned,
+            )
+        )
+    rules = _iptables_rules()
+    if rules:
+        from narcissus.system.linux.netns import current
+
+        shielded.append(
+            ShieldedCgroup(
+                path=f"netns:{current().label}",
+                cgroup_id=0,
+                mechanism=S.MECHANISM_IPTABLES,
+                refused=sum(rules.values()),  # a refused connect is one SYN matched
+                hooks=tuple(sorted(rules)),
+                pinned=True,
+                scope="netns",
             )
         )
     kinds = {item.mechanism for item in shielded}
@@ -561,7 +672,7 @@ def shielded_cgroup(parent: str | None = None, *, mechanism: str | None = None) 
     are removed. The links are not pinned: if this process dies, the kernel removes them."""
     where = cgroups.check_directory(parent) if parent is not None else None
     _require_root()
-    chosen = _choose_mechanism(mechanism)
+    chosen = _choose_mechanism(mechanism, cgroup=True)
     where = where or cgroups.own_directory()
     _sweep_run_cgroups(where)
     path = cgroups.make_child(where, f"{RUN_CGROUP_PREFIX}{os.getpid()}-{next(_counter)}")
