@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from collections.abc import Iterator
 
 from narcissus.errors import InputError, UnsupportedError
+from narcissus.system.linux import kernfs
 
 _RMDIR_ATTEMPTS = 100  # x 20 ms: how long remove() waits for the last process to be reaped
 _MOVE_ROUNDS = 50  # how often evacuate() re-reads cgroup.procs while processes fork
@@ -181,13 +181,4 @@ def _children_deepest_first(path: str) -> Iterator[str]:
 
 
 def _rmdir(path: str) -> None:
-    for attempt in range(_RMDIR_ATTEMPTS):
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EBUSY or attempt == _RMDIR_ATTEMPTS - 1:
-                raise
-            time.sleep(0.02)
+    kernfs.remove_directory(path, attempts=_RMDIR_ATTEMPTS, pause=0.02)

@@ -27,10 +27,10 @@ import re
 import select
 import signal
 import threading
-import time
 from collections.abc import Mapping
 
 from narcissus.errors import UnsupportedError
+from narcissus.system.linux import kernfs
 from narcissus.system.linux.procfs import process_exists
 
 TYPE_CHECKING = False
@@ -91,16 +91,7 @@ def stale_instances(root: str) -> list[str]:
 
 def _remove_instance(path: str, attempts: int = _RMDIR_ATTEMPTS) -> None:
     """rmdir an instance, waiting briefly while the kernel still holds it (EBUSY)."""
-    for attempt in range(attempts):
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EBUSY or attempt == attempts - 1:
-                raise
-            time.sleep(0.05)
+    kernfs.remove_directory(path, attempts=attempts, pause=0.05)
 
 
 def remove_stale_instances(root: str) -> list[str]:
