@@ -8,6 +8,7 @@ failed run, because there everything the tests need is available.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import suppress
 
@@ -17,6 +18,20 @@ from tests.support import PrivateNetns, private_netns
 
 # The session-end check that the run left nothing behind (tests/leakcheck.py).
 pytest_plugins = ["tests.leakcheck"]
+
+# ---------------------------------------------------------------- signals at their default
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests signal the processes they start and check what each signal does. A run
+    started under `nohup` (SIGHUP ignored) or as a background job without job control (SIGINT
+    ignored) would hand that "ignore" down to every child and change the answer, so the
+    session puts both back to their defaults first."""
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 # ---------------------------------------------------------------- skips fail CI
 

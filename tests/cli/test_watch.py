@@ -163,3 +163,28 @@ def test_a_failed_binds_json_line_is_its_object_however_it_is_encoded() -> None:
         assert list(json.loads(bind_event_line(event))) == list(bind_event_json(event))
     assert bind_event_json(events[1])["holders"][0]["pids"] == [7]
     assert bind_event_json(events[3])["kind"] == "none"
+
+
+NOHUP = (
+    "import os, signal, sys\n"
+    "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'narcissus', *sys.argv[1:]])\n"
+)
+
+
+def _signal_mask(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def test_under_nohup_a_hangup_stays_ignored_and_sigterm_still_stops_it() -> None:
+    args = ("watch", "--backend", "poll", "--interval", "0.1", "--duration", "60", "--json")
+    with Running(argv=[sys.executable, "-c", NOHUP, *args]) as watch:
+        assert watch.json_line()["event"] == "ready"  # printed with the handlers in place
+        pid = watch.process.pid
+        assert _signal_mask(pid, "SigIgn") & (1 << (signal.SIGHUP - 1))  # nohup's wish kept
+        assert _signal_mask(pid, "SigCgt") & (1 << (signal.SIGTERM - 1))
+        status, err = watch.stop(signal.SIGTERM)
+    assert status == 0, err

@@ -169,8 +169,13 @@ class Terminated(Exception):
 @contextmanager
 def stop_on_terminate() -> Iterator[None]:
     """Turn the first SIGTERM/SIGHUP into `Terminated` in the main thread, so a long-running
-    command releases what it holds and exits normally; later ones are ignored while it does."""
-    caught = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+    command releases what it holds and exits normally; later ones are ignored while it does.
+    A signal the process was started ignoring stays ignored (`nohup narcissus watch`)."""
+    caught = tuple(
+        sig
+        for sig in (getattr(signal, name, None) for name in ("SIGTERM", "SIGHUP"))
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN
+    )
 
     def stop(signum: int, _frame: object) -> None:
         for sig in caught:
