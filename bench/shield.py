@@ -17,6 +17,9 @@ Runs as root in network namespaces and cgroups it creates (and removes on every 
             Goal <= 1.02x.
   other-low the same to a port below the range (how most remote services are reached: the
             program stops at the range check).
+  iptables  the fallback for kernels without bpf_set_retval (`--mechanism iptables-reject`,
+            one namespace's rules): the one-port count again, and a connect to a local
+            listener in a namespace with the rules vs one without (goal <= 1.05x).
   load/attach/detach  BTF parse + layout (once per process), loading both programs and maps
             (verifier), linking them to a cgroup, detaching; and `shield_on` / `shield_off` end
             to end in a process that already has the layout (pins included).
@@ -82,9 +85,10 @@ def ip(*args: str) -> None:
 
 @contextlib.contextmanager
 def namespaces(tag: str) -> Iterator[dict[str, str]]:
-    """three namespaces: `client` (default range), `one` (range [P, P]), `server` (veth peer
-    of `client`: 10.215.0.1 <-> 10.215.0.2)."""
-    names = {role: f"narcissus-bench-{tag}-{role}" for role in ("client", "one", "server")}
+    """four namespaces: `client` (default range), `one` (range [P, P]), `server` (veth peer
+    of `client`: 10.215.0.1 <-> 10.215.0.2), `rules` (default range, for the iptables rules)."""
+    roles = ("client", "one", "server", "rules")
+    names = {role: f"narcissus-bench-{tag}-{role}" for role in roles}
     made: list[str] = []
     try:
         for name in names.values():
@@ -203,10 +207,11 @@ def compare(
     workers: dict[str, Worker],
     connects: int,
     block: int,
-    shield: shield_api.Shield,
+    shield: shield_api.Shield | None,
 ) -> tuple[float, float]:
     """ABBA blocks with and without the shield: (median of the within-round ratio, the
-    program's own run time per connect as a fraction of a connect without it)."""
+    program's own run time per connect as a fraction of a connect without it; nan without
+    a BPF `shield` to ask)."""
     for worker in workers.values():
         worker.block(address, expect, block)  # warm up
     rounds: list[float] = []
@@ -222,6 +227,14 @@ def compare(
             spent[variant] += ns
         rounds.append(spent["on"] / spent["off"])
         done += 2 * count
+    medians = {variant: statistics.median(values) / 1000 for variant, values in per.items()}
+    summary = (
+        f"  {name:9s} with {medians['on']:7.2f} us  without {medians['off']:7.2f} us  "
+        f"ratio {statistics.median(rounds):.3f} ({len(rounds)} rounds)"
+    )
+    if shield is None:
+        print(summary)
+        return statistics.median(rounds), float("nan")
     # the program's own run time, from the kernel's statistics; in a pass of its own, since
     # keeping them costs every run ~50 ns (two clock reads) that the ratios must not include
     stats = sysbpf.enable_stats()  # off again when closed
@@ -233,12 +246,7 @@ def compare(
     finally:
         os.close(stats)
     program_us = (ns_after - ns_before) / max(1, runs_after - runs_before) / 1000
-    medians = {variant: statistics.median(values) / 1000 for variant, values in per.items()}
-    print(
-        f"  {name:9s} with {medians['on']:7.2f} us  without {medians['off']:7.2f} us  "
-        f"ratio {statistics.median(rounds):.3f} ({len(rounds)} rounds); "
-        f"program {program_us * 1000:4.0f} ns per run"
-    )
+    print(f"{summary}; program {program_us * 1000:4.0f} ns per run")
     return statistics.median(rounds), program_us / medians["off"]
 
 
@@ -255,6 +263,39 @@ def self_connects(address: tuple[str, int], attempts: int) -> tuple[int, int]:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT)
         sock.close()
     return connected, refused
+
+
+def iptables_pass(
+    names: dict[str, str],
+    plain: str,
+    home: str,
+    started: list[subprocess.Popen[str]],
+    options: argparse.Namespace,
+) -> tuple[bool, float]:
+    """The iptables-reject fallback: (every would-be self-connect refused?, listener ratio).
+    Its rules cover a namespace, so "with" and "without" are two namespaces (`rules`, `client`),
+    each with its own listener, the workers in the same plain cgroup."""
+    print("\niptables-reject (the fallback), rules in the namespace, no BPF:")
+    attempts = options.self_connects // 10
+    move_self(plain)
+    try:
+        for name in (names["one"], names["rules"]):
+            with inside(name):  # iptables, started from this thread, runs in `name`
+                shield_api._iptables_on()
+        with inside(names["one"]):
+            connected, refused = self_connects(("127.0.0.1", P), attempts)
+    finally:
+        move_self(home)
+    ok = connected == 0 and refused == attempts
+    print(
+        f"  {attempts:,} would-be self-connects: self-connected {connected}, "
+        f"ECONNREFUSED {refused:,}  goal 0 and all  {verdict(ok)}"
+    )
+    workers = {"on": Worker(plain, names["rules"], started)}
+    workers["off"] = Worker(plain, names["client"], started)
+    address = ("127.0.0.1", LISTEN_PORT)
+    ratio, _ = compare("listener", address, 0, workers, options.connects, options.block, None)
+    return ok, ratio
 
 
 def lifecycle(parent: str, repeats: int) -> dict[str, float]:
@@ -320,6 +361,7 @@ def main() -> int:
             cgroup = {"on": shield.path, "off": plain, "home": home}
             for role, host, port in (
                 ("client", "127.0.0.1", LISTEN_PORT),
+                ("rules", "127.0.0.1", LISTEN_PORT),
                 ("server", "10.215.0.2", LISTEN_PORT),
                 ("server", "10.215.0.2", LOW_PORT),
             ):
@@ -384,6 +426,7 @@ def main() -> int:
             listener, refused_ratio, other, low = (measured[c][0] for c in cases)
             refused_total = shield.refused()
             print(f"  (the shield refused {refused_total:,} connects in all)")
+            ok_rules, rules_ratio = iptables_pass(names, plain, home, started, options)
 
         steps = lifecycle(home, options.repeats)
     finally:
@@ -412,7 +455,12 @@ def main() -> int:
         f"{verdict(other <= 1.02)}"
     )
     print(f"  other-low {low:.3f}  [{extra['other-low']:.3f}]  (a remote port below the range)")
+    print(
+        f"  iptables  {rules_ratio:.3f}           goal <= 1.050  "
+        f"{verdict(rules_ratio <= 1.05)}  (listener; the rules vs none)"
+    )
     passed = ok_self and listener <= 1.05 and refused_ratio < 1 and other <= 1.02
+    passed = passed and ok_rules and rules_ratio <= 1.05
     return 0 if passed else 1
 
 
