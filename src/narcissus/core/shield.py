@@ -724,6 +724,7 @@ SELF_SYN_V6: tuple[tuple[int, int, int, int], ...] = (
 )
 
 IPTABLES_COMMENT = "narcissus-shield"  # marks our rules: status and off find them by it
+IPTABLES_LISTED = f"/* {IPTABLES_COMMENT} */"  # how `iptables -L` shows that comment
 
 
 def xt_bpf_bytecode(program: tuple[tuple[int, int, int, int], ...]) -> str:
@@ -732,9 +733,10 @@ def xt_bpf_bytecode(program: tuple[tuple[int, int, int, int], ...]) -> str:
 
 
 def iptables_rule(program: tuple[tuple[int, int, int, int], ...]) -> tuple[str, ...]:
-    """The rule (after `iptables -A`/`-C`/`-D`): a TCP SYN to itself gets a reset."""
+    """The rule's match and target (after `iptables -C/-D OUTPUT` or `-I OUTPUT 1`): a TCP SYN
+    to itself gets a reset."""
     return (
-        *("OUTPUT", "-p", "tcp", "--syn", "-m", "comment", "--comment", IPTABLES_COMMENT),
+        *("-p", "tcp", "--syn", "-m", "comment", "--comment", IPTABLES_COMMENT),
         *("-m", "bpf", "--bytecode", xt_bpf_bytecode(program)),
         *("-j", "REJECT", "--reject-with", "tcp-reset"),
     )

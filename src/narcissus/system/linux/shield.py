@@ -186,20 +186,34 @@ def _choose_mechanism(requested: str | None, *, cgroup: bool) -> str:
 # ---------------------------------------------------------------- the iptables fallback
 
 _IPTABLES = (("iptables", S.SELF_SYN_V4), ("ip6tables", S.SELF_SYN_V6))
+_XTABLES_LOCK_WAIT = "5"  # seconds iptables waits for another one's lock, then gives up
 
 
 def _xtables(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [tool, "-w", *args], capture_output=True, text=True, check=False, timeout=30
-    )
+    """Run iptables or ip6tables; one that cannot be run or hangs is this host's limit."""
+    try:
+        return subprocess.run(
+            [tool, "-w", _XTABLES_LOCK_WAIT, *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UnsupportedError(f"{tool} could not be run: {exc}") from None
 
 
 @functools.cache
 def iptables_usable() -> bool:
-    """Are iptables and ip6tables there, with the bpf match (xt_bpf)?"""
+    """Are iptables and ip6tables there, with the bpf match (xt_bpf)? A first hint only:
+    `-m bpf --help` succeeds even where the kernel lacks the module, so `on` still checks
+    that the rules went in."""
     if not all(shutil.which(tool) for tool, _program in _IPTABLES):
         return False
-    return all(_xtables(tool, "-m", "bpf", "--help").returncode == 0 for tool, _p in _IPTABLES)
+    try:
+        return all(_xtables(tool, "-m", "bpf", "--help").returncode == 0 for tool, _p in _IPTABLES)
+    except UnsupportedError:
+        return False
 
 
 def _iptables_rules() -> dict[str, int]:
@@ -208,23 +222,35 @@ def _iptables_rules() -> dict[str, int]:
     for tool, _program in _IPTABLES:
         if shutil.which(tool) is None:
             continue
-        listing = _xtables(tool, "-L", "OUTPUT", "-v", "-n", "-x")
+        try:
+            listing = _xtables(tool, "-L", "OUTPUT", "-v", "-n", "-x")
+        except UnsupportedError:
+            continue
+        if listing.returncode != 0:
+            continue  # no such table here, or not allowed: no rules of ours to count
         for line in listing.stdout.splitlines():
-            if S.IPTABLES_COMMENT in line and line.split()[0].isdigit():
-                found[tool] = found.get(tool, 0) + int(line.split()[0])
+            fields = line.split()
+            if S.IPTABLES_LISTED in line and fields and fields[0].isdigit():
+                found[tool] = found.get(tool, 0) + int(fields[0])
     return found
 
 
 def _iptables_on() -> bool:
-    """Add the rules where they are missing; True if something was added."""
+    """Put the rules first in OUTPUT where they are missing (first: an earlier ACCEPT, as
+    firewalls add for `lo`, would let a self-connect's SYN through); True if one was added.
+    Both or neither: a failure removes what was added and raises UnsupportedError."""
     added = False
     for tool, program in _IPTABLES:
         rule = S.iptables_rule(program)
-        if _xtables(tool, "-C", *rule).returncode == 0:
-            continue
-        done = _xtables(tool, "-A", *rule)
+        try:
+            if _xtables(tool, "-C", "OUTPUT", *rule).returncode == 0:
+                continue
+            done = _xtables(tool, "-I", "OUTPUT", "1", *rule)
+        except UnsupportedError:
+            _iptables_off()
+            raise
         if done.returncode != 0:
-            _iptables_off()  # both or neither
+            _iptables_off()
             raise UnsupportedError(f"{tool} refused the shield's rule: {done.stderr.strip()}")
         added = True
     return added
@@ -238,7 +264,10 @@ def _iptables_off() -> bool:
             continue
         rule = S.iptables_rule(program)
         for _copy in range(16):  # bounded: one per `on`, a few at most
-            if _xtables(tool, "-D", *rule).returncode != 0:
+            try:
+                if _xtables(tool, "-D", "OUTPUT", *rule).returncode != 0:
+                    break
+            except UnsupportedError:
                 break
             removed = True
     return removed
@@ -438,13 +467,21 @@ def shield_on(cgroup: str | None = None, *, mechanism: str | None = None) -> Shi
     named = _target(cgroup) if cgroup is not None else None  # bad input first, then root
     _require_root()
     chosen = _choose_mechanism(mechanism, cgroup=cgroup is not None)
+    fallback: tuple[str, ...] = ()
     if chosen == S.MECHANISM_IPTABLES:
-        changed = _iptables_on()
-        note = (
-            "iptables-reject covers this network namespace only: run `narcissus shield on` in "
-            "each namespace (container) to protect, or on a kernel >= 5.18 for all at once"
-        )
-        return _status(changed=changed, notes=(note,))
+        try:
+            changed = _iptables_on()
+        except UnsupportedError as exc:
+            if mechanism is not None:
+                raise  # asked for by name: say why it cannot be
+            chosen = S.MECHANISM_EPERM
+            fallback = (f"iptables-reject could not be used ({exc}): bpf-eperm instead",)
+        else:
+            note = (
+                "iptables-reject covers this network namespace only: run `narcissus shield on` "
+                "in each namespace (container) to protect, or on a kernel >= 5.18 for all at once"
+            )
+            return _status(changed=changed, notes=(note,))
     path = named or _target(None)
     base = _pin_base(mount=True)
     assert base is not None
@@ -466,7 +503,7 @@ def shield_on(cgroup: str | None = None, *, mechanism: str | None = None) -> Shi
         except BaseException:
             _prune(base)  # leave no empty narcissus/shield behind
             raise
-        notes = loaded.notes
+        notes = fallback + loaded.notes
         links: dict[int, int] = {}
         try:
             links = loaded.attach(path)
@@ -507,7 +544,7 @@ def shield_off(cgroup: str | None = None) -> ShieldStatus:
     if base is not None and os.path.isdir(base):
         with _locked(base):
             directory = _pin_dir(base, cgroups.cgroup_id(path))
-            changed = os.path.lexists(directory)
+            changed = os.path.lexists(directory) or changed
             _remove_pin_dir(directory)
             _sweep_stale(base)
             _prune(base)
@@ -533,9 +570,20 @@ def _mechanism_of_links(links: Mapping[int, int]) -> str | None:
     return None
 
 
+def _link_ids() -> list[int]:
+    """Every BPF link's id; none where links cannot be listed (Linux < 5.8, or a seccomp
+    profile refusing bpf()): there the shield can only be the iptables rules."""
+    try:
+        return list(sysbpf.next_ids(B.LINK_GET_NEXT_ID))
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EPERM, errno.ENOSYS, errno.EACCES):
+            return []
+        raise
+
+
 def _status(*, changed: bool, notes: tuple[str, ...] = ()) -> ShieldStatus:
     found: dict[int, dict[str, object]] = {}
-    for link_id in sysbpf.next_ids(B.LINK_GET_NEXT_ID):
+    for link_id in _link_ids():
         try:
             with sysbpf.opened(sysbpf.link_fd_by_id(link_id)) as link:
                 info = sysbpf.link_info(link)
