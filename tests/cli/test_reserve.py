@@ -4,6 +4,8 @@ are never touched (--persist writes to --sysctl-file in the test's temp dir)."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +85,41 @@ def test_a_file_that_cannot_be_written_leaves_the_kernel_as_it_was(netns: Privat
     missing = run_cli("reserve", "50000", "--sysctl-file", "/nonexistent/x.conf", netns=netns)
     assert_one_line_error(missing, "/nonexistent does not exist")
     assert reserved_in(netns) == "8080"
+
+
+@pytest.mark.usefixtures("host_untouched")
+def test_only_a_regular_file_is_written_and_a_symlink_through_to_its_target(
+    netns: PrivateNetns, tmp_path: Path
+) -> None:
+    """A rename over a device, FIFO or directory would replace it (as it once replaced
+    /dev/null): refused up front, nothing changed. Made in tmp_path, never the real ones."""
+    device = tmp_path / "null"
+    os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, fragment in (
+        (device, "is not a regular file"),
+        (fifo, "is not a regular file"),
+        (tmp_path, "is a directory"),
+        ("", "--sysctl-file is empty"),
+        ("  ", "--sysctl-file is empty"),
+    ):
+        done = run_cli("reserve", "50000", "--sysctl-file", str(path), netns=netns)
+        assert_one_line_error(done, fragment)
+    assert stat.S_ISCHR(device.stat().st_mode) and stat.S_ISFIFO(fifo.stat().st_mode)
+    assert reserved_in(netns) == ""
+
+    real = tmp_path / "etc" / "90-narcissus.conf"
+    real.parent.mkdir()
+    real.write_bytes(b"# caf\xe9: not UTF-8\nnet.ipv4.ip_local_reserved_ports = 10250\n")
+    link = tmp_path / "link.conf"
+    link.symlink_to(real)
+    done = run_cli("reserve", "50000", "--sysctl-file", str(link), netns=netns)
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink() and link.resolve() == real  # the link stays a link
+    assert real.read_bytes() == (
+        b"# caf\xe9: not UTF-8\nnet.ipv4.ip_local_reserved_ports = 10250,50000\n"
+    )
 
 
 @pytest.mark.usefixtures("host_untouched")

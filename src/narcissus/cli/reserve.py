@@ -121,7 +121,7 @@ def run(options: argparse.Namespace) -> int:
     result = reserve_ports(
         ports,
         persist=options.persist or options.sysctl_file is not None,
-        sysctl_file=options.sysctl_file or SYSCTL_D_FILE,
+        sysctl_file=SYSCTL_D_FILE if options.sysctl_file is None else options.sysctl_file,
         dry_run=options.dry_run,
         force=options.force,
         os_name=options.os_name,
@@ -189,7 +189,7 @@ def reserve_json(result: ReserveResult) -> dict[str, Any]:
         "usable_floor": reservation.usable_floor if result.on_this_host else None,
         "commands": list(reservation.fix.commands),
         "persist_file": result.persist_file,
-        "persist_text": result.persist_text,
+        "persist_text": None if result.persist_text is None else _shown(result.persist_text),
         "persisted": result.applied and result.persist_file is not None,
     }
 
@@ -232,7 +232,13 @@ def _render(result: ReserveResult) -> None:
     if result.persist_file and result.persist_text:
         written = "would write" if result.dry_run else "wrote"
         out.print(f"{written} {result.persist_file}:", markup=False)
-        for line in result.persist_text.splitlines():
+        for line in _shown(result.persist_text).splitlines():
             out.print(f"  {line}", markup=False)
     if result.dry_run:
         out.print("dry run: nothing was changed")
+
+
+def _shown(text: str) -> str:
+    """The file's text for a terminal or JSON: bytes that are not UTF-8 (kept as they are in
+    the file itself) shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -12,6 +12,7 @@ the rules `narcissus lint` uses.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -93,10 +94,13 @@ def reserve_ports(
     from narcissus.diagnose.ports import ephemeral_ports
 
     reservation = plan_reservation(ephemeral_ports(), requested)
+    if persist:
+        _persist_target(sysctl_file)  # bad input first, before the kernel is asked anything
     if reservation.starves and not force:
         raise InputError(reservation.starving_reason())
     persist_text = None
     if persist:
+        sysctl_file = _persist_target(sysctl_file)
         persist_text = sysctl_file_text(_read_if_exists(sysctl_file), reservation.after)
     changed = reservation.after != reservation.before
     result = ReserveResult(
@@ -172,9 +176,31 @@ def _verify(expected: PortSet) -> None:
         )
 
 
-def _read_if_exists(path: str) -> str:
+def _persist_target(path: str) -> str:
+    """The file --persist writes: through a symlink to its target, and only a regular file
+    (a rename over /dev/null or a directory would replace what is there)."""
+    if not path.strip():
+        raise InputError(f"--sysctl-file is empty: give a file path, e.g. {SYSCTL_D_FILE}")
+    target = os.path.realpath(path)
     try:
-        return Path(path).read_text(encoding="utf-8")
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise InputError(f"cannot use {path} ({exc.strerror}): give a sysctl.d file") from exc
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise InputError(f"{path} is {kind}: give a sysctl.d file, e.g. {SYSCTL_D_FILE}")
+    directory = os.path.dirname(target)
+    if not os.path.isdir(directory):
+        raise InputError(f"{directory} does not exist: give --sysctl-file in a directory")
+    return target
+
+
+def _read_if_exists(path: str) -> str:
+    """The file's text; bytes that are not UTF-8 survive the round trip (surrogateescape)."""
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="surrogateescape")
     except FileNotFoundError:
         return ""
     except OSError as exc:
@@ -186,7 +212,7 @@ def _write_atomically(path: str, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix=".narcissus-", dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
