@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.prevent.shield import clients
@@ -103,3 +105,25 @@ def test_the_boot_unit_verifies(tmp_path: Path) -> None:
     text = unit_file.read_text()
     assert "ExecStart=/usr/local/bin/narcissus shield on" in text
     assert "ExecStop=/usr/local/bin/narcissus shield off" in text
+
+
+def test_a_root_without_capabilities_is_told_what_is_missing(cgroup: TestCgroup) -> None:
+    """Root in a container usually lacks CAP_BPF and CAP_SYS_ADMIN: status cannot list the
+    links, so it says so (exit 3) rather than report "nothing shielded"."""
+    no_caps = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--"]
+    narcissus = [sys.executable, "-m", "narcissus"]
+    for args in (
+        ("shield", "status"),
+        ("shield", "status", "--json"),
+        ("shield", "off", "--cgroup", cgroup.path),
+        ("shield", "on", "--cgroup", cgroup.path),
+    ):
+        done = subprocess.run(
+            [*no_caps, *narcissus, *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 3, (args, done.stderr)
+        [line] = done.stderr.strip().splitlines()
+        assert "lacks CAP_BPF" in line and "Traceback" not in done.stderr, line
+    from narcissus.prevent.shield import shield_status
+
+    assert not shield_status(cgroup.path).active  # and nothing was attached

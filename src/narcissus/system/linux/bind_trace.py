@@ -230,7 +230,7 @@ class BindTrace:
         except sysbpf.BpfError as exc:
             if exc.errno == errno.EPERM:
                 raise UnsupportedError(
-                    "the kernel refused to load the bind watch (EPERM): it needs root"
+                    f"the kernel refused to load the bind watch (EPERM): {sysbpf.refused_because()}"
                 ) from None
             last = exc.log.strip().splitlines()[-1] if exc.log.strip() else exc.strerror
             raise UnsupportedError(f"this kernel refused the bind watch: {last}") from exc

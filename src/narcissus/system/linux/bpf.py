@@ -499,6 +499,18 @@ def link_fd_by_id(link_id: int) -> int:
     return _get_fd_by_id(B.LINK_GET_FD_BY_ID, link_id, "BPF link")
 
 
+def refused_because() -> str:
+    """Why the kernel said EPERM to a bpf(2) command, and what to do: not root, or a root
+    without the capabilities (a container's default set has neither CAP_BPF nor
+    CAP_SYS_ADMIN)."""
+    if os.geteuid() != 0:
+        return "it needs root"
+    return (
+        "this root process lacks CAP_BPF, CAP_PERFMON or CAP_SYS_ADMIN (a container without "
+        "them?): run it with those capabilities"
+    )
+
+
 def next_ids(command: int, limit: int = 1 << 20) -> Iterator[int]:
     """Every id of one kind (PROG_GET_NEXT_ID, MAP_GET_NEXT_ID, LINK_GET_NEXT_ID), ascending."""
     current = 0

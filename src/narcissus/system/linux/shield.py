@@ -148,7 +148,7 @@ def set_retval_supported() -> bool:
     except sysbpf.BpfError as exc:
         if exc.errno == errno.EPERM:
             raise UnsupportedError(
-                "the kernel refused to load a BPF program (EPERM): run as root"
+                f"the kernel refused to load a BPF program (EPERM): {sysbpf.refused_because()}"
             ) from None
         return False
     os.close(fd)
@@ -315,7 +315,7 @@ class _Loaded:
             self.close()
             if exc.errno == errno.EPERM:
                 raise UnsupportedError(
-                    "the kernel refused to load the shield (EPERM): it needs root"
+                    f"the kernel refused to load the shield (EPERM): {sysbpf.refused_because()}"
                 ) from None
             last = exc.log.strip().splitlines()[-1] if exc.log.strip() else exc.strerror
             raise UnsupportedError(f"this kernel's verifier refused the shield: {last}") from exc
@@ -570,20 +570,32 @@ def _mechanism_of_links(links: Mapping[int, int]) -> str | None:
     return None
 
 
-def _link_ids() -> list[int]:
-    """Every BPF link's id; none where links cannot be listed (Linux < 5.8, or a seccomp
-    profile refusing bpf()): there the shield can only be the iptables rules."""
+def _link_ids() -> list[int] | None:
+    """Every BPF link's id; [] where the kernel has no links to list (Linux < 5.8), None
+    where listing them is refused (no CAP_SYS_ADMIN, a seccomp profile refusing bpf())."""
     try:
         return list(sysbpf.next_ids(B.LINK_GET_NEXT_ID))
     except OSError as exc:
-        if exc.errno in (errno.EINVAL, errno.EPERM, errno.ENOSYS, errno.EACCES):
+        if exc.errno in (errno.EINVAL, errno.ENOSYS):
             return []
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            return None
         raise
 
 
 def _status(*, changed: bool, notes: tuple[str, ...] = ()) -> ShieldStatus:
     found: dict[int, dict[str, object]] = {}
-    for link_id in _link_ids():
+    link_ids = _link_ids()
+    if link_ids is None:
+        rules = _iptables_rules()
+        if not rules:
+            raise UnsupportedError(
+                "the kernel refused to list BPF links (EPERM), so what is shielded cannot be "
+                f"known: {sysbpf.refused_because()}"
+            )
+        notes = (*notes, "BPF links could not be listed here (EPERM): cgroup shields unknown")
+        link_ids = []
+    for link_id in link_ids:
         try:
             with sysbpf.opened(sysbpf.link_fd_by_id(link_id)) as link:
                 info = sysbpf.link_info(link)
