@@ -156,6 +156,9 @@ CASES: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
     (("exporter", "--interval", "1ms"), 2, ("--interval", "10ms to 1h")),
     (("exporter", "--textfile", "/nonexistent/dir"), 2, ("is not a directory",)),
     (("exporter", "--once"), 2, ("needs --textfile",)),
+    (("exporter", "--textfile", "/tmp", "--once", "--binds"), 2, ("--binds", "leave out --once")),
+    (("exporter", "--textfile", ""), 2, ("'' is not a directory",)),
+    (("exporter", "--listen", ":abc"), 2, ("e.g. 127.0.0.1:9469", "got ':abc'")),
 ]
 
 

@@ -134,6 +134,10 @@ def run(options: argparse.Namespace) -> int:
     if options.textfile is not None:
         if options.listen is not None:
             raise InputError("--listen serves HTTP and --textfile writes a file: give one")
+        if options.once and options.binds:
+            raise InputError(
+                "--binds counts failed binds as they happen: leave out --once (it writes once)"
+            )
         return _run_textfile(options)
     if options.once:
         raise InputError("--once writes the file once: it needs --textfile DIR")

@@ -218,9 +218,10 @@ def parse_host_port(
                 f"{what}: write an IPv6 address in brackets, e.g. [{host}]:{port_text}"
             )
         if not _HOSTNAME.match(host):
+            shown = port_text if port_text.isdigit() else "9469"  # never echo a bad port back
             raise InputError(
-                f"{what} needs a host before the port, e.g. 127.0.0.1:{port_text or 9469} "
-                f"(0.0.0.0:{port_text or 9469} for every interface), got {text!r}"
+                f"{what} needs a host before the port, e.g. 127.0.0.1:{shown} "
+                f"(0.0.0.0:{shown} for every interface), got {text!r}"
             )
     if port_text.strip() == "0":
         return host, 0

@@ -459,15 +459,15 @@ class _Exporter:
         return own + self._bind_notes
 
     def _start_binds(self) -> None:
-        """The failed-bind watch, where it can run; where not, a note says why."""
+        """The failed-bind watch. Asked for and impossible here (not root, no BPF) is an
+        error, as for `narcissus watch --binds`: a fleet would otherwise miss the series."""
         if not self.want_binds:
             return
         watcher = Watcher(self_connects=False, binds=True)
         try:
             watcher.start()
         except (UnsupportedError, OSError) as exc:
-            self._bind_notes = (f"failed binds are not counted: {exc}",)
-            return
+            raise UnsupportedError(f"failed binds cannot be counted here: {exc}") from None
         self.bind_watcher = watcher
         self.bind_counts = BindCounts()
         self._bind_notes = watcher.notes
@@ -666,7 +666,7 @@ class TextfileExporter(_Exporter):
     def start(self) -> TextfileExporter:
         if not os.path.isdir(self.directory):
             raise InputError(
-                f"{self.directory} is not a directory: give node_exporter's "
+                f"{self.directory!r} is not a directory: give node_exporter's "
                 "--collector.textfile.directory"
             )
         if not os.access(self.directory, os.W_OK | os.X_OK):
