@@ -13,6 +13,13 @@ from __future__ import annotations
 import errno
 
 
+def install_extra(extra: str) -> str:
+    """How to add an optional extra. Not `pip install 'narcissus[...]'`: that name on PyPI
+    belongs to another project, so the extra comes from this checkout."""
+    install = f"NARCISSUS_EXTRAS={extra} ./scripts/install"
+    return f"{install}, or pip install '.[{extra}]', in the checkout"
+
+
 class NarcissusError(Exception):
     """Base of every error narcissus raises on purpose; the message is written for a user."""
 

@@ -255,7 +255,7 @@ def test_without_prometheus_client_it_says_what_to_install() -> None:
         env={**os.environ, "PYTHONPATH": str(SRC)},
     )
     assert done.returncode == 3, done.stderr
-    assert done.stderr.count("\n") == 1 and "pip install 'narcissus[exporter]'" in done.stderr
+    assert done.stderr.count("\n") == 1 and "pip install '.[exporter]'" in done.stderr
 
 
 def test_alert_rules_pass_promtool() -> None:

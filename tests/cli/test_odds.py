@@ -61,7 +61,18 @@ def test_monte_carlo_prints_trials_and_intervals() -> None:
 def test_default_is_this_host(tmp_path: Path) -> None:
     status, report = odds_json()
     assert report["from_host"] is True and report["model"] == "linux"
+    assert report["range_from"] == "host"
     assert status == (1 if report["p_within_horizon"] > 0 else 0)
+
+
+def test_the_range_says_where_it_came_from() -> None:
+    _status, given = odds_json("--range", "40000-50000", "--os", "linux")
+    assert given["range_from"] == "given" and given["from_host"] is True  # reserved: host's
+    _status, windows = odds_json("--os", "windows")
+    assert windows["range_from"] == "default" and windows["from_host"] is False
+    text = run_cli("odds", "--range", "40000-50000", "--os", "linux").stdout
+    assert "range 40000-50000 as given" in text
+    assert "from the Windows default" in run_cli("odds", "--os", "windows").stdout
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
@@ -150,5 +161,5 @@ def test_closed_forms_work_without_numpy_and_a_monte_carlo_says_what_to_install(
     assert needs.returncode == 3
     assert needs.stderr.strip().splitlines() == [
         "narcissus odds: error: linux in this scenario needs a Monte Carlo, which needs numpy: "
-        "pip install 'narcissus[odds]'"
+        "NARCISSUS_EXTRAS=odds ./scripts/install, or pip install '.[odds]', in the checkout"
     ]

@@ -21,7 +21,7 @@ from narcissus.core.allocators import MODELS
 from narcissus.core.durations import format_duration
 from narcissus.core.odds import DAYS_PER_MONTH, SECONDS_PER_MONTH, Question
 from narcissus.core.ports import parse_port_list, parse_port_range
-from narcissus.errors import InputError
+from narcissus.errors import InputError, install_extra
 from narcissus.quantify.odds import (
     DEFAULT_TRIALS,
     MAX_TRIALS,
@@ -40,8 +40,8 @@ How likely is a client that retries a port where nothing listens to be handed th
 and connect to itself, and how soon? For each allocator model: the probability of at least one
 self-connect within the horizon, the mean, median and 99th-percentile time to the first one,
 the mean number of attempts, the expected self-connects per day across the clients, and the
-advice. Exact closed forms where they exist; a Monte Carlo (numpy, pip install
-'narcissus[odds]') otherwise, with its number of trials and 99% intervals.
+advice. Exact closed forms where they exist; a Monte Carlo (numpy: the `odds` extra,
+NARCISSUS_EXTRAS=odds ./scripts/install) otherwise, with its number of trials and 99% intervals.
 
 The model, range and reserved ports default to this host's. Models:
 {", ".join(MODELS)}.
@@ -283,6 +283,7 @@ def estimate_json(result: Estimate, *, fleet: bool = False) -> dict[str, Any]:
         "reserved_ports": list(scenario.reserved),
         "reserved_ports_text": str(scenario.reserved),
         "from_host": result.from_host,
+        "range_from": result.range_from,
         "interval_seconds": scenario.interval,
         "clients": scenario.clients,
         "other_cps": scenario.other_cps,
@@ -383,10 +384,14 @@ def _render(estimates: list[Estimate], plot_file: str | None, *, fleet: bool = F
 
 def _render_details(out: Any, result: Estimate) -> None:
     scenario = result.scenario
-    source = "this host" if result.from_host else f"the {scenario.model.label} default"
+    source = {
+        "given": "as given",
+        "host": "from this host",
+        "default": f"from the {scenario.model.label} default",
+    }[result.range_from]
     out.print(
         f"\n[bold]{scenario.model.name}[/] ({scenario.model.label}): range {scenario.port_range}"
-        f" from {source}, reserved {scenario.reserved or 'none'}"
+        f" {source}, reserved {scenario.reserved or 'none'}"
     )
     out.print(f"  why: {result.reason}", markup=False)
     if result.method == "monte carlo":
@@ -429,7 +434,7 @@ def plot(estimates: list[Estimate], path: str) -> None:
     except ImportError as exc:
         from narcissus.errors import UnsupportedError
 
-        raise UnsupportedError("--plot needs matplotlib: pip install 'narcissus[odds]'") from exc
+        raise UnsupportedError(f"--plot needs matplotlib: {install_extra('odds')}") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator

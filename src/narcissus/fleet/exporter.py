@@ -41,7 +41,7 @@ from narcissus._version import __version__
 from narcissus.core.doctor import AtRisk, listeners_at_risk
 from narcissus.core.watch import BIND_KINDS, BindFailedEvent
 from narcissus.diagnose.watch import AUTO, DEFAULT_INTERVAL, Watcher
-from narcissus.errors import InputError, NarcissusError, UnsupportedError
+from narcissus.errors import InputError, NarcissusError, UnsupportedError, install_extra
 
 try:
     from prometheus_client import CollectorRegistry, generate_latest, start_http_server
@@ -55,7 +55,7 @@ try:
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - the extra is installed wherever tests run
     raise UnsupportedError(
-        "the exporter needs prometheus_client: pip install 'narcissus[exporter]'"
+        f"the exporter needs prometheus_client: {install_extra('exporter')}"
     ) from exc
 
 TYPE_CHECKING = False

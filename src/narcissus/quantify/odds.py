@@ -4,7 +4,7 @@
 self-connect within a horizon, the mean, median and 99th percentile of the time to the first
 one, the mean number of attempts, and the expected self-connects per day. It uses an exact
 closed form where one exists (`narcissus.core.odds`) and a vectorised Monte Carlo otherwise
-(`narcissus.core.montecarlo`, which needs numpy: `pip install 'narcissus[odds]'`).
+(`narcissus.core.montecarlo`, which needs numpy: the `odds` extra).
 
 Defaults come from this host: its allocator model (OS and kernel release), its ephemeral range
 and its reserved ports (of a network namespace, with `netns=`). A model of another OS gets that
@@ -48,7 +48,7 @@ from narcissus.core.odds import (
     representative_port,
 )
 from narcissus.core.ports import MAX_PORT, MIN_PORT, PortSet
-from narcissus.errors import InputError, UnsupportedError
+from narcissus.errors import InputError, UnsupportedError, install_extra
 
 DEFAULT_TRIALS = 4000  # Monte Carlo trials: about +-4% on the mean at 99%
 MIN_TRIALS = 100
@@ -72,7 +72,8 @@ class Estimate:
     method: str  # "closed form", "monte carlo" or "none" (it cannot happen)
     attempts: Attempts
     per_attempt: float  # long-run share of attempts that self-connect
-    from_host: bool  # model, range and reserved ports were read from this host
+    from_host: bool  # the range or the reserved ports were read from this host
+    range_from: str  # "given", "host" or "default" (the model OS's documented range)
 
     @property
     def model(self) -> AllocatorModel:
@@ -183,22 +184,24 @@ def resolve_model(model: str | AllocatorModel | None) -> AllocatorModel:
         raise InputError(str(exc)) from exc
 
 
-def scenario(question: Question, *, netns: str | None = None) -> tuple[Scenario, bool]:
-    """The scenario with this host's defaults filled in, and whether they came from the host
-    (`netns`: the settings of that network namespace)."""
+def scenario(question: Question, *, netns: str | None = None) -> tuple[Scenario, bool, str]:
+    """The scenario with this host's defaults filled in, whether any came from the host
+    (`netns`: the settings of that network namespace), and where the range came from."""
     port = question.port
     if port is not None and not MIN_PORT <= port <= MAX_PORT:
         raise InputError(f"port must be from 1 to 65535, got {port}")
     chosen = resolve_model(question.model)
     from_host = False
     port_range, reserved = question.port_range, question.reserved
+    range_from = "given" if port_range is not None else "default"
     if port_range is None or reserved is None:
         from narcissus.diagnose.ports import ephemeral_ports
 
         settings = ephemeral_ports(netns)
         if settings.os == chosen.os:
             from_host = True
-            port_range = settings.range if port_range is None else port_range
+            if port_range is None:
+                port_range, range_from = settings.range, "host"
             reserved = settings.reserved if reserved is None else reserved
     if port_range is None:
         port_range = model_default_range(chosen)
@@ -218,7 +221,7 @@ def scenario(question: Question, *, netns: str | None = None) -> tuple[Scenario,
         )
     except ValueError as exc:
         raise InputError(str(exc)) from exc
-    return built, from_host
+    return built, from_host, range_from
 
 
 def estimate(
@@ -244,17 +247,17 @@ def estimate(
         )
     if seed is not None and not 0 <= seed < 2**32:
         raise InputError(f"the seed must be a whole number from 0 to {2**32 - 1}, got {seed}")
-    built, from_host = scenario(question, netns=netns)
+    built, from_host, range_from = scenario(question, netns=netns)
     target = locate(built)
     reason = exposure_reason(built, target.exposure)
     exact = closed_form(built, target)
     if target.exposure is not Exposure.EXPOSED:
         assert exact is not None
-        return Estimate(built, target.exposure, reason, "none", exact, 0.0, from_host)
+        return Estimate(built, target.exposure, reason, "none", exact, 0.0, from_host, range_from)
     if exact is not None and method != "simulate":
         per_attempt = per_attempt_probability(built, target)
         return Estimate(
-            built, target.exposure, reason, "closed form", exact, per_attempt, from_host
+            built, target.exposure, reason, "closed form", exact, per_attempt, from_host, range_from
         )
     if method == "closed":
         raise InputError(
@@ -265,7 +268,9 @@ def estimate(
     if built.model.family is Family.PERTURBED and target.ring and target.ring.reserved:
         # Reserved ports bend the walk; the simulated mean is the honest long-run rate.
         per_attempt = 1.0 / sampled.mean
-    return Estimate(built, target.exposure, reason, "monte carlo", sampled, per_attempt, from_host)
+    return Estimate(
+        built, target.exposure, reason, "monte carlo", sampled, per_attempt, from_host, range_from
+    )
 
 
 def estimate_odds(
@@ -301,7 +306,7 @@ def _simulate(
     except ImportError as exc:
         raise UnsupportedError(
             f"{built.model.name} in this scenario needs a Monte Carlo, which needs numpy: "
-            "pip install 'narcissus[odds]'"
+            f"{install_extra('odds')}"
         ) from exc
     _check_memory(trials)
     plan = plan_for(built, target)
