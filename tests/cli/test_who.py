@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -134,6 +135,19 @@ def test_an_unprivileged_user_is_told_owners_are_hidden(netns: PrivateNetns) -> 
     assert report["owners_visible"] is False and report["holders"][0]["pids"] == []
     assert "hidden from this user" in report["advice"][0]
     assert any("root" in note for note in report["notes"])
+
+
+def test_a_root_without_capabilities_is_told_owners_are_hidden(netns: PrivateNetns) -> None:
+    """Root in a container: /proc/PID/fd lists, but its links cannot be read without
+    CAP_SYS_PTRACE; that must not pass for "no process holds it"."""
+    no_caps = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--"]
+    argv = netns.wrap([*no_caps, sys.executable, "-m", "narcissus", "who", "--json", str(P)])
+    with plant(f"listen4:{P}", netns=netns):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["owners_visible"] is False and report["holders"][0]["pids"] == []
+    assert any("CAP_SYS_PTRACE" in note for note in report["notes"])
 
 
 @pytest.mark.parametrize(

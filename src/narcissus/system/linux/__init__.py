@@ -41,8 +41,9 @@ _SCAN_STATES = ALL_STATES_MASK & ~state_mask(TcpState.LISTEN)
 _BLOCK_FILTER = inet_diag.same_block_filter(inet_diag.port_blocks(1024))
 _PORTS_PER_REQUEST = 1024  # 20 bytes of bytecode each; a netlink attribute holds 64 KiB
 _HIDDEN_OWNERS = (
-    "some processes' descriptors could not be read (not root): owners may be missing; "
-    "run as root to see every owner"
+    "some processes' descriptors could not be read (not root, or a root without "
+    "CAP_SYS_PTRACE, as in a container): owners may be missing; run as a full root to see "
+    "every owner"
 )
 
 __all__ = [

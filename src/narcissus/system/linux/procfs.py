@@ -143,8 +143,11 @@ def find_owners(
             for name in os.listdir(fd_dir):
                 try:
                     inode = wanted.get(os.readlink(name, dir_fd=fd_dir))
+                except PermissionError:  # a root without CAP_SYS_PTRACE lists, cannot read
+                    complete = False
+                    break
                 except OSError:
-                    continue
+                    continue  # that descriptor was closed meanwhile
                 if inode is not None:
                     found.setdefault(inode, []).append(pid)
                     missing.discard(inode)
