@@ -65,6 +65,17 @@ def test_planned_ports_and_self_connects_are_reported(netns: PrivateNetns) -> No
     assert sock["port"] == planted.ports("self4")[0] and sock["pids"] == [planted.pid]
 
 
+def test_a_planned_port_listening_already_or_given_twice_counts_once(netns: PrivateNetns) -> None:
+    netns.set_port_range(40000, 40999)
+    with plant("listen4:40100", netns=netns):
+        args = ("--port", "40100", "--port", "40100", "--port", "40200", "--port", "40200")
+        status, report = doctor_json(netns, *args)
+    assert status == 1
+    at_risk = [(i["port"], i["kind"]) for i in report["at_risk"]]  # type: ignore[union-attr]
+    assert at_risk == [(40100, "listening"), (40200, "planned")]
+    assert [p["port"] for p in report["planned"]] == [40100, 40200]  # type: ignore[union-attr]
+
+
 def test_text_output_gives_the_exact_fix(netns: PrivateNetns) -> None:
     netns.set_port_range(40000, 40999)
     with plant("listen4:40100", netns=netns):

@@ -19,12 +19,17 @@ if TYPE_CHECKING:
 
 def audit_host(planned_ports: Iterable[int] = ()) -> HostAudit:
     """Audit this host; for each planned port, also its well-known service and who holds it."""
-    planned_ports = list(planned_ports)
+    planned_ports = list(dict.fromkeys(planned_ports))  # once each, in the order given
     settings = system.ephemeral_ports()
     listeners, listeners_complete = system.listening_sockets()
     at_risk = listeners_at_risk(settings, listeners)
+    listening = {item.port for item in at_risk}
     planned = tuple(settings.classify(port) for port in planned_ports)
-    at_risk += [AtRisk(verdict, "planned") for verdict in planned if verdict.at_risk]
+    at_risk += [  # a planned port already listening at risk is counted once, as the listener
+        AtRisk(verdict, "planned")
+        for verdict in planned
+        if verdict.at_risk and verdict.port not in listening
+    ]
     scan = system.scan()
     risky_ports = sorted({item.port for item in at_risk})
     notes = list(scan.notes)
