@@ -30,7 +30,9 @@ CASES: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
     # the command itself
     ((), 2, ("a command is required",)),
     (("bogus",), 2, ("invalid choice", "bogus")),
-    (("scan", "--", "extra"), 2, ("unexpected arguments after --",)),
+    (("scan", "--", "extra"), 2, ("narcissus scan: error: unrecognized arguments", "extra")),
+    (("doctor", "extra"), 2, ("narcissus doctor: error: unrecognized arguments: extra",)),
+    (("who", "--", "-1"), 2, ("got '-1'",)),
     # doctor
     (("doctor", "--port", "0"), 2, ("--port", "1 to 65535")),
     (("doctor", "--port", "70000"), 2, ("--port", "1 to 65535")),

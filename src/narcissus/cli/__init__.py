@@ -143,11 +143,18 @@ def build_parser(args: list[str]) -> ArgumentParser:
 def command_parser(name: str) -> ArgumentParser:
     """The parser of one command, exactly as `narcissus NAME --help` prints it: the
     documentation site renders each command's page from it (docs/hooks.py)."""
-    for action in build_parser([name])._actions:
+    if name not in COMMANDS:
+        raise KeyError(f"narcissus has no command {name!r}")
+    return _parser_of(build_parser([name]), name)
+
+
+def _parser_of(parser: ArgumentParser, name: str | None) -> ArgumentParser:
+    """The command's own parser (the top-level one without a command)."""
+    for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction) and name in action.choices:
-            parser: ArgumentParser = action.choices[name]
-            return parser
-    raise KeyError(f"narcissus has no command {name!r}")
+            found: ArgumentParser = action.choices[name]
+            return found
+    return parser
 
 
 def _fail(prefix: str, message: str, status: int) -> int:
@@ -165,14 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = sys.argv[1:] if argv is None else list(argv)
     trailing: list[str] = []
-    if "--" in args:
-        cut = args.index("--")
-        args, trailing = args[:cut], args[cut + 1 :]
-    parser = build_parser(args)
-    options = parser.parse_args(args)
+    head = args[: args.index("--")] if "--" in args else args
+    parser = build_parser(head)
+    if _parser_of(parser, _command_name(head)).get_default("takes_command"):
+        args, trailing = head, args[len(head) + 1 :]  # run/repro: after -- comes the CMD
+    # elsewhere `--` ends options as argparse has it: `narcissus who -- -1`
+    options, unknown = parser.parse_known_args(args)
     prefix = f"narcissus {options.subcommand}" if options.subcommand else "narcissus"
-    if trailing and not getattr(options, "takes_command", False):
-        return _fail(prefix, f"unexpected arguments after --: {' '.join(trailing)}", EXIT_USAGE)
+    if unknown:  # named by the command that did not take them, not by `narcissus`
+        _parser_of(parser, options.subcommand).error(f"unrecognized arguments: {' '.join(unknown)}")
     options.trailing_command = trailing
     if options.subcommand is None:
         return _fail(
