@@ -143,7 +143,7 @@ def status_json(status: ShieldStatus) -> dict[str, Any]:
 
 _MEANING = {
     "bpf-set-retval": "connect() fails with ECONNREFUSED",
-    "bpf-eperm": "connect() fails with EPERM: this kernel lacks bpf_set_retval",
+    "bpf-eperm": "connect() fails with EPERM (for kernels without bpf_set_retval)",
     "iptables-reject": "a TCP reset: connect() fails with ECONNREFUSED, in one namespace",
 }
 
@@ -207,9 +207,10 @@ def run_command(
             )
         else:
             line = (
-                f"narcissus: the shield refused {result.refused} connect(s) that could only "
-                f"have connected to themselves ({result.mechanism}); CMD was told 'connection "
-                "refused'. Fix it for good: narcissus doctor"
+                f"narcissus: the shield refused {result.refused} connect(s) to a local port "
+                "where nothing listened, each of which could have connected to itself "
+                f"({result.mechanism}); CMD was told 'connection refused'. Fix it for good: "
+                "narcissus doctor"
             )
         sys.stderr.write(line + "\n")
     if result.returncode >= 0:
