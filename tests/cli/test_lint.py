@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
+from narcissus.cli.lint import FORMATS
 from tests.support import assert_one_line_error, run_cli
 
 ROOT = Path(__file__).parent.parent.parent
@@ -179,6 +180,56 @@ def test_github_format_prints_workflow_commands(tmp_path: Path) -> None:
         "::warning file=a%2Cb.env,line=1,col=25,endColumn=30,title=narcissus%3A port 50000"
     )
     assert "::port 50000 (URL redis://cache:50000) is inside" in line
+
+
+# ---------------------------------------------------------------- bytes that are not UTF-8
+
+
+def write_bytes(directory: Path, name: bytes, content: bytes) -> None:
+    """A file whose name may not be UTF-8 (Path cannot spell it: Python decodes names)."""
+    with open(os.fsencode(directory) + b"/" + name, "wb") as handle:
+        handle.write(content)
+
+
+@pytest.mark.parametrize("output", FORMATS)
+def test_file_names_that_are_not_utf8_print_readably_in_every_format(
+    tmp_path: Path, output: str
+) -> None:
+    write_bytes(tmp_path, b"bad\xffname.conf", b"port 50000\n")
+    write_bytes(
+        tmp_path, b"bad\xffrange.yml", b"services:\n  a:\n    ports: ['50000-50010:80-90']\n"
+    )
+    write_bytes(tmp_path, b"bad\xffbroken.json", b'{"x": }\n')  # a note names it
+    write_bytes(tmp_path, b"bad\xffblob.bin", b"\x00port 50001\n")  # skipped
+    done = subprocess.run(
+        [sys.executable, "-m", "narcissus", "lint", "--format", output, "."],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert (done.returncode, done.stderr) == (1, b"")
+    out = done.stdout.decode("utf-8")  # strict: a lone surrogate's byte would fail here
+    if output in ("json", "sarif"):
+        # "\udcff" in the JSON is a lone surrogate once parsed: encoding it fails here.
+        out = json.dumps(json.loads(out), ensure_ascii=False)
+        out.encode("utf-8")
+    if output == "sarif":
+        log = json.loads(out)
+        validate_sarif(log)
+        [run] = log["runs"]
+        uris = [r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in
+                run["results"] + run["invocations"][0]["toolExecutionNotifications"]]  # fmt: skip
+        # the URI keeps the name's real bytes
+        assert sorted(uris) == [
+            "bad%FFblob.bin", "bad%FFbroken.json", "bad%FFname.conf", "bad%FFrange.yml"
+        ]  # fmt: skip
+    else:
+        assert "bad\ufffdname.conf" in out
+    assert "--from 'bad\ufffdrange.yml'" in out  # the fix of a range names the file
+    if output == "text":
+        assert "note: bad\ufffdbroken.json: not valid json" in out
+        assert "skipped: bad\ufffdblob.bin: binary" in out
 
 
 # ---------------------------------------------------------------- walking the tree
