@@ -232,6 +232,30 @@ def test_file_names_that_are_not_utf8_print_readably_in_every_format(
         assert "skipped: bad\ufffdblob.bin: binary" in out
 
 
+def test_a_file_that_is_not_utf8_is_linted_at_the_right_columns(tmp_path: Path) -> None:
+    """The report's redis.conf: a Latin-1 byte in a comment after the port (the comment, not the
+    byte, hid it). Each undecodable byte reads as one U+FFFD, so a column counted in bytes is
+    the column lint gives."""
+    files = {
+        "redis.conf": b"port 50000 # caf\xe9\ntls-port 50001 # cache\n",
+        "app.env": b"# caf\xe9\nNAME=caf\xe9 WEB_PORT=50002\n",
+        "config.json": b'{"caf\xe9": "\xe9\xe9", "port": 50003}\n',
+        "config.toml": b'caf\xe9 = 1\nx = { name = "caf\xe9", port = 50004 }\n',
+    }
+    expected = []
+    for name, content in files.items():
+        write_bytes(tmp_path, name.encode(), content)
+        for number, line in enumerate(content.splitlines(), 1):
+            at = line.find(b"500")
+            if at >= 0:
+                expected.append((name, number, at + 1, int(line[at : at + 5])))
+    done = lint("--json", ".", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    found = [(f["path"], f["line"], f["column"], f["port"]) for f in json.loads(done.stdout)]
+    assert sorted(found) == sorted(expected)
+    assert "note:" not in lint(".", cwd=tmp_path).stdout
+
+
 # ---------------------------------------------------------------- walking the tree
 
 
