@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -180,6 +181,32 @@ def test_github_format_prints_workflow_commands(tmp_path: Path) -> None:
         "::warning file=a%2Cb.env,line=1,col=25,endColumn=30,title=narcissus%3A port 50000"
     )
     assert "::port 50000 (URL redis://cache:50000) is inside" in line
+
+
+def test_files_that_fail_to_parse_are_read_pair_by_pair(tmp_path: Path) -> None:
+    """Broken JSON and YAML are read line by line; a key need not start its line, and a value
+    ends where its pair does (`"x:40001"` is another key's)."""
+    files = {
+        "open.json": '{"port": 50000\n',
+        "extra.json": '{"x":1, "port": 50001}\n}}\n',
+        "nested.jsonc": (
+            '// "port": 40000\n{"redis": {"host": "h", "timeout": 40002, "port": 50002},\n'
+            ' "x": [{"containerPort": 50003}], "ports": [50004, 6379],\n'
+            ' "port": 50005, "a": "x:40001", bind: "127.0.0.1:50006",\n'
+        ),
+        "helm.yaml": "spec: {{ .Values.x }}\n  ports:\n  - {name: web, port: 50007}\n",
+    }
+    expected = []
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        for number, line in enumerate(text.splitlines(), 1):
+            expected += [(name, number, m.start() + 1) for m in re.finditer("50\\d{3}", line)]
+    done = lint("--json", "--no-services", ".", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    found = [(f["path"], f["line"], f["column"]) for f in json.loads(done.stdout)]
+    assert sorted(found) == sorted(expected)
+    text = lint(".", cwd=tmp_path).stdout
+    assert all(f"note: {name}: not valid" in text for name in files), text
 
 
 # ---------------------------------------------------------------- bytes that are not UTF-8

@@ -63,7 +63,14 @@ def _json(content: str) -> Iterator[Hit]:
 
 
 def _yaml_lines(content: str) -> Iterator[Hit]:
+    """YAML that failed to parse: `key: value` lines, list items, flow mappings."""
     yield from keyvalue.hits(content, yaml_items=True, separators=":")
+    yield from keyvalue.inline_hits(content)
+
+
+def _json_lines(content: str) -> Iterator[Hit]:
+    """JSON that failed to parse: every `"key": value` pair, wherever it is on its line."""
+    yield from keyvalue.inline_hits(content, json=True)
 
 
 def _conf(content: str) -> Iterator[Hit]:
@@ -85,7 +92,7 @@ class Format:
 FORMATS: tuple[Format, ...] = (
     Format("python", ("*.py", "*.pyi", "*.pyw"), _python),
     Format("yaml", ("*.yaml", "*.yml"), _yaml, _yaml_lines),
-    Format("json", ("*.json", "*.jsonc", "*.json5"), _json, _yaml_lines),
+    Format("json", ("*.json", "*.jsonc", "*.json5"), _json, _json_lines),
     Format("toml", ("*.toml",), tomlfile.hits),
     Format("systemd", ("*.socket",), directives.systemd_socket_hits),
     Format("conf", ("*.conf", "*.cfg", "*.cnf", "nginx*", "redis*", "sentinel*"), _conf),
