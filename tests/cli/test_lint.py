@@ -209,6 +209,26 @@ def test_files_that_fail_to_parse_are_read_pair_by_pair(tmp_path: Path) -> None:
     assert all(f"note: {name}: not valid" in text for name in files), text
 
 
+def test_a_parse_failure_note_is_one_line_saying_where(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("a: [\nport: 50000\n  b: {\n")
+    (tmp_path / "b.json").write_text('{\n  "x": 1,\n  "port": 50001\n  "y": 2\n}\n')
+    (tmp_path / "c.json").write_text('{\n  "a": "x\\q", "port": 50002}\n')
+    done = lint(".", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    notes = [line for line in done.stdout.splitlines() if "not valid" in line]
+    yaml_note, json_note, escape_note = notes
+    assert re.fullmatch(  # PyYAML's words, on the note's one line
+        r"note: a\.yaml: not valid yaml \(line 3, column 4: [^()]+\): read line by line",
+        yaml_note,
+    )
+    assert json_note == (
+        "note: b.json: not valid json (line 4, column 3: expected ',' or '}'): read line by line"
+    )
+    assert escape_note == (  # the place in the file, not in the string
+        "note: c.json: not valid json (line 2, column 8: bad escape in a string): read line by line"
+    )
+
+
 # ---------------------------------------------------------------- bytes that are not UTF-8
 
 

@@ -113,6 +113,15 @@ def format_of(name: str) -> Format | None:
     return None
 
 
+_NOTE_REASON_CHARS = 120
+
+
+def _one_line(reason: str) -> str:
+    """A parser's message fit for a one-line note: one line, cut with an ellipsis."""
+    flat = " ".join(reason.split())
+    return flat if len(flat) <= _NOTE_REASON_CHARS else flat[: _NOTE_REASON_CHARS - 1] + "…"
+
+
 @dataclass(frozen=True, slots=True)
 class FileResult:
     findings: list[Finding]
@@ -141,7 +150,7 @@ def lint_text(
             found += fmt.fallback(content) if fmt.fallback else []
         except ValueError as exc:
             if fmt.fallback is not None:
-                note = f"not valid {fmt.name} ({str(exc)[:80]}): read line by line"
+                note = f"not valid {fmt.name} ({_one_line(str(exc))}): read line by line"
                 found += fmt.fallback(content)
             else:
                 note = f"not valid {fmt.name}: only URLs, addresses and options were read"
