@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
+from narcissus.cli.lint import FORMATS
 from tests.support import assert_one_line_error, run_cli
 
 ROOT = Path(__file__).parent.parent.parent
@@ -179,6 +181,126 @@ def test_github_format_prints_workflow_commands(tmp_path: Path) -> None:
         "::warning file=a%2Cb.env,line=1,col=25,endColumn=30,title=narcissus%3A port 50000"
     )
     assert "::port 50000 (URL redis://cache:50000) is inside" in line
+
+
+def test_files_that_fail_to_parse_are_read_pair_by_pair(tmp_path: Path) -> None:
+    """Broken JSON and YAML are read line by line; a key need not start its line, and a value
+    ends where its pair does (`"x:40001"` is another key's)."""
+    files = {
+        "open.json": '{"port": 50000\n',
+        "extra.json": '{"x":1, "port": 50001}\n}}\n',
+        "nested.jsonc": (
+            '// "port": 40000\n{"redis": {"host": "h", "timeout": 40002, "port": 50002},\n'
+            ' "x": [{"containerPort": 50003}], "ports": [50004, 6379],\n'
+            ' "port": 50005, "a": "x:40001", bind: "127.0.0.1:50006",\n'
+        ),
+        "helm.yaml": "spec: {{ .Values.x }}\n  ports:\n  - {name: web, port: 50007}\n",
+    }
+    expected = []
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        for number, line in enumerate(text.splitlines(), 1):
+            expected += [(name, number, m.start() + 1) for m in re.finditer("50\\d{3}", line)]
+    done = lint("--json", "--no-services", ".", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    found = [(f["path"], f["line"], f["column"]) for f in json.loads(done.stdout)]
+    assert sorted(found) == sorted(expected)
+    text = lint(".", cwd=tmp_path).stdout
+    assert all(f"note: {name}: not valid" in text for name in files), text
+
+
+def test_a_parse_failure_note_is_one_line_saying_where(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("a: [\nport: 50000\n  b: {\n")
+    (tmp_path / "b.json").write_text('{\n  "x": 1,\n  "port": 50001\n  "y": 2\n}\n')
+    (tmp_path / "c.json").write_text('{\n  "a": "x\\q", "port": 50002}\n')
+    done = lint(".", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    notes = [line for line in done.stdout.splitlines() if "not valid" in line]
+    yaml_note, json_note, escape_note = notes
+    assert re.fullmatch(  # PyYAML's words, on the note's one line
+        r"note: a\.yaml: not valid yaml \(line 3, column 4: [^()]+\): read line by line",
+        yaml_note,
+    )
+    assert json_note == (
+        "note: b.json: not valid json (line 4, column 3: expected ',' or '}'): read line by line"
+    )
+    assert escape_note == (  # the place in the file, not in the string
+        "note: c.json: not valid json (line 2, column 8: bad escape in a string): read line by line"
+    )
+
+
+# ---------------------------------------------------------------- bytes that are not UTF-8
+
+
+def write_bytes(directory: Path, name: bytes, content: bytes) -> None:
+    """A file whose name may not be UTF-8 (Path cannot spell it: Python decodes names)."""
+    with open(os.fsencode(directory) + b"/" + name, "wb") as handle:
+        handle.write(content)
+
+
+@pytest.mark.parametrize("output", FORMATS)
+def test_file_names_that_are_not_utf8_print_readably_in_every_format(
+    tmp_path: Path, output: str
+) -> None:
+    write_bytes(tmp_path, b"bad\xffname.conf", b"port 50000\n")
+    write_bytes(
+        tmp_path, b"bad\xffrange.yml", b"services:\n  a:\n    ports: ['50000-50010:80-90']\n"
+    )
+    write_bytes(tmp_path, b"bad\xffbroken.json", b'{"x": }\n')  # a note names it
+    write_bytes(tmp_path, b"bad\xffblob.bin", b"\x00port 50001\n")  # skipped
+    done = subprocess.run(
+        [sys.executable, "-m", "narcissus", "lint", "--format", output, "."],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert (done.returncode, done.stderr) == (1, b"")
+    out = done.stdout.decode("utf-8")  # strict: a lone surrogate's byte would fail here
+    if output in ("json", "sarif"):
+        # "\udcff" in the JSON is a lone surrogate once parsed: encoding it fails here.
+        out = json.dumps(json.loads(out), ensure_ascii=False)
+        out.encode("utf-8")
+    if output == "sarif":
+        log = json.loads(out)
+        validate_sarif(log)
+        [run] = log["runs"]
+        uris = [r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in
+                run["results"] + run["invocations"][0]["toolExecutionNotifications"]]  # fmt: skip
+        # the URI keeps the name's real bytes
+        assert sorted(uris) == [
+            "bad%FFblob.bin", "bad%FFbroken.json", "bad%FFname.conf", "bad%FFrange.yml"
+        ]  # fmt: skip
+    else:
+        assert "bad\ufffdname.conf" in out
+    assert "--from 'bad\ufffdrange.yml'" in out  # the fix of a range names the file
+    if output == "text":
+        assert "note: bad\ufffdbroken.json: not valid json" in out
+        assert "skipped: bad\ufffdblob.bin: binary" in out
+
+
+def test_a_file_that_is_not_utf8_is_linted_at_the_right_columns(tmp_path: Path) -> None:
+    """The report's redis.conf: a Latin-1 byte in a comment after the port (the comment, not the
+    byte, hid it). Each undecodable byte reads as one U+FFFD, so a column counted in bytes is
+    the column lint gives."""
+    files = {
+        "redis.conf": b"port 50000 # caf\xe9\ntls-port 50001 # cache\n",
+        "app.env": b"# caf\xe9\nNAME=caf\xe9 WEB_PORT=50002\n",
+        "config.json": b'{"caf\xe9": "\xe9\xe9", "port": 50003}\n',
+        "config.toml": b'caf\xe9 = 1\nx = { name = "caf\xe9", port = 50004 }\n',
+    }
+    expected = []
+    for name, content in files.items():
+        write_bytes(tmp_path, name.encode(), content)
+        for number, line in enumerate(content.splitlines(), 1):
+            at = line.find(b"500")
+            if at >= 0:
+                expected.append((name, number, at + 1, int(line[at : at + 5])))
+    done = lint("--json", ".", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    found = [(f["path"], f["line"], f["column"], f["port"]) for f in json.loads(done.stdout)]
+    assert sorted(found) == sorted(expected)
+    assert "note:" not in lint(".", cwd=tmp_path).stdout
 
 
 # ---------------------------------------------------------------- walking the tree

@@ -150,6 +150,34 @@ def test_other_oses_get_the_equivalent_command() -> None:
     assert "sysctl -w net.inet.ip.portrange.first=50001" in text
 
 
+def test_from_files_whose_names_are_not_utf8(tmp_path: Path) -> None:
+    """--from reads through lint: a name that is not UTF-8 prints with U+FFFD, never a
+    traceback or a lone surrogate in the JSON."""
+    directory = os.fsencode(tmp_path)
+    with open(directory + b"/bad\xffname.conf", "wb") as handle:
+        handle.write(b"port 50000\n")
+    with open(directory + b"/clean\xff.conf", "wb") as handle:
+        handle.write(b"port 7032\n")
+
+    def reserve(*args: str | bytes) -> tuple[int, str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "narcissus", "reserve", "--os", "linux", *args],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.stderr == b""
+        return done.returncode, done.stdout.decode("utf-8")  # strict
+
+    status, text = reserve("--from", directory + b"/bad\xffname.conf")
+    assert status == 0 and "bad\ufffdname.conf:1: 50000 (directive port)" in text
+    status, out = reserve("--json", "--from", directory + b"/bad\xffname.conf")
+    [found] = json.loads(out)["from"]
+    assert found["path"].endswith("/bad\ufffdname.conf")
+    status, out = reserve("--json", "--from", directory + b"/clean\xff.conf")
+    assert json.loads(out)["message"].startswith(f"{tmp_path}/clean\ufffd.conf: no port")
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

@@ -117,7 +117,9 @@ def run(options: argparse.Namespace) -> int:
             services=options.services,
         )
     if output == "json":
-        emit_json([finding_json(f) for f in report.findings])
+        from narcissus.core.lint.formats import readable_json
+
+        emit_json(readable_json([finding_json(f) for f in report.findings]))
     elif output == "sarif":
         emit_json(_sarif(report))
     elif output == "github":
@@ -193,20 +195,22 @@ def _console(*, stderr: bool = False) -> Any:
 def _render(report: LintReport) -> None:
     from rich.text import Text
 
+    from narcissus.core.lint.formats import readable
+
     out = _console()
     for finding in report.findings:
         line = Text()
-        line.append(f"{finding.path}:{finding.line}:{finding.column}", style="bold")
+        line.append(readable(f"{finding.path}:{finding.line}:{finding.column}"), style="bold")
         line.append(": ")
         if finding.level == "note":
             line.append("note: ", style="yellow")
-        line.append(finding.message)
+        line.append(readable(finding.message))
         out.print(line)
-        out.print(Text(f"  fix: {finding.fix}", style="dim"))
+        out.print(Text(readable(f"  fix: {finding.fix}"), style="dim"))
     for path, note in report.notes:
-        out.print(Text(f"note: {path}: {note}", style="yellow"))
+        out.print(Text(readable(f"note: {path}: {note}"), style="yellow"))
     for skipped in report.skipped:
-        out.print(Text(f"skipped: {skipped.path}: {skipped.reason}", style="yellow"))
+        out.print(Text(readable(f"skipped: {skipped.path}: {skipped.reason}"), style="yellow"))
     ranges = ", ".join(f"{os_facts(t.os).label} {t.range}" for t in report.targets)
     warnings = at_risk(report.findings)
     files = {finding.path for finding in warnings}

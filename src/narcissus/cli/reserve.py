@@ -7,6 +7,7 @@ from typing import Any
 
 from narcissus.cli import EXIT_OK
 from narcissus.cli._common import add_json_option, argument_type, console, emit_json
+from narcissus.core.lint.formats import readable, readable_json
 from narcissus.core.oses import os_facts, parse_os_name
 from narcissus.core.oses.linux import RESERVED_KEY as LINUX_RESERVED_KEY
 from narcissus.core.oses.linux import SYSCTL_D_FILE
@@ -127,7 +128,7 @@ def run(options: argparse.Namespace) -> int:
         os_name=options.os_name,
     )
     if options.as_json:
-        emit_json({**reserve_json(result), "from": from_json(found)})
+        emit_json({**reserve_json(result), "from": readable_json(from_json(found))})
     else:
         if found is not None:
             _render_found(found)
@@ -152,7 +153,7 @@ def from_json(found: PortsFromFiles | None) -> list[dict[str, Any]]:
 
 
 def _nothing_found(options: argparse.Namespace, found: PortsFromFiles) -> None:
-    files = ", ".join(options.from_files)
+    files = readable(", ".join(options.from_files))
     message = (
         f"{files}: no port inside the ephemeral range {found.target.range} "
         f"({os_facts(found.target.os).label}): nothing to reserve"
@@ -167,7 +168,8 @@ def _render_found(found: PortsFromFiles) -> None:
     out = console()
     for finding in found.findings:
         ports = str(PortRange(finding.port, finding.last or finding.port))
-        out.print(f"{finding.path}:{finding.line}: {ports} ({finding.what})", markup=False)
+        place = readable(f"{finding.path}:{finding.line}")
+        out.print(f"{place}: {ports} ({finding.what})", markup=False)
 
 
 def reserve_json(result: ReserveResult) -> dict[str, Any]:

@@ -63,7 +63,14 @@ def _json(content: str) -> Iterator[Hit]:
 
 
 def _yaml_lines(content: str) -> Iterator[Hit]:
+    """YAML that failed to parse: `key: value` lines, list items, flow mappings."""
     yield from keyvalue.hits(content, yaml_items=True, separators=":")
+    yield from keyvalue.inline_hits(content)
+
+
+def _json_lines(content: str) -> Iterator[Hit]:
+    """JSON that failed to parse: every `"key": value` pair, wherever it is on its line."""
+    yield from keyvalue.inline_hits(content, json=True)
 
 
 def _conf(content: str) -> Iterator[Hit]:
@@ -85,7 +92,7 @@ class Format:
 FORMATS: tuple[Format, ...] = (
     Format("python", ("*.py", "*.pyi", "*.pyw"), _python),
     Format("yaml", ("*.yaml", "*.yml"), _yaml, _yaml_lines),
-    Format("json", ("*.json", "*.jsonc", "*.json5"), _json, _yaml_lines),
+    Format("json", ("*.json", "*.jsonc", "*.json5"), _json, _json_lines),
     Format("toml", ("*.toml",), tomlfile.hits),
     Format("systemd", ("*.socket",), directives.systemd_socket_hits),
     Format("conf", ("*.conf", "*.cfg", "*.cnf", "nginx*", "redis*", "sentinel*"), _conf),
@@ -104,6 +111,15 @@ def format_of(name: str) -> Format | None:
         if any(fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in candidate.patterns):
             return candidate
     return None
+
+
+_NOTE_REASON_CHARS = 120
+
+
+def _one_line(reason: str) -> str:
+    """A parser's message fit for a one-line note: one line, cut with an ellipsis."""
+    flat = " ".join(reason.split())
+    return flat if len(flat) <= _NOTE_REASON_CHARS else flat[: _NOTE_REASON_CHARS - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +150,7 @@ def lint_text(
             found += fmt.fallback(content) if fmt.fallback else []
         except ValueError as exc:
             if fmt.fallback is not None:
-                note = f"not valid {fmt.name} ({str(exc)[:80]}): read line by line"
+                note = f"not valid {fmt.name} ({_one_line(str(exc))}): read line by line"
                 found += fmt.fallback(content)
             else:
                 note = f"not valid {fmt.name}: only URLs, addresses and options were read"

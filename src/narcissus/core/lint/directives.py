@@ -21,7 +21,8 @@ _TOKENS = {
     "PORT": r"(?P<value>\d+)",
     "ADDRESS": r"(?P<value>[^\s;#]+)",  # 50000, *:50000, [::]:50000, unix:/x
 }
-_END = r"[^\S\n]*$"  # nothing more on the line
+# Nothing more on the line but a comment: `port 50000 # cache`.
+_END = r"(?:[^\S\n]+#.*)?[^\S\n]*$"
 
 
 def _directive(words: str, *, end: str = "") -> re.Pattern[str]:

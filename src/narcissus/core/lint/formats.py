@@ -3,10 +3,15 @@
 Rules: pure; values in, a JSON-ready dict or text lines out (the CLI serializes). Columns in
 SARIF are declared `unicodeCodePoints`, which is what the findings count (SARIF's default is
 UTF-16 code units). Paths become relative URIs against `%SRCROOT%`, the directory lint ran in.
+
+File names need not be UTF-8: Python keeps their undecodable bytes as lone surrogates, which
+neither a terminal nor a strict JSON parser accepts. Every format shows them as U+FFFD
+(`readable`), except SARIF URIs, which percent-encode the name's real bytes.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import PurePath
 from typing import Any
@@ -58,9 +63,38 @@ _RULES = [_RULE, _SERVICE_RULE]
 _RULE_INDEX = {rule["id"]: index for index, rule in enumerate(_RULES)}
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def readable(text: str) -> str:
+    """`text` with each lone surrogate (an undecodable byte of a file name) as U+FFFD: it
+    prints on any terminal and is valid in UTF-8 JSON."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def readable_json(value: Any) -> Any:
+    """A JSON-ready value with every string in it `readable`."""
+    if isinstance(value, str):
+        return readable(value)
+    if isinstance(value, dict):
+        return {readable_json(key): readable_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [readable_json(item) for item in value]
+    return value
+
+
+def _path_bytes(posix: str) -> bytes:
+    """The bytes of a file name Python decoded with surrogateescape (its undecodable bytes
+    kept as lone surrogates), so its URI names the file exactly."""
+    try:
+        return posix.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (Windows names)
+        return readable(posix).encode("utf-8")
+
+
 def artifact_uri(path: str) -> str:
     """A relative or file: URI for a path as lint printed it."""
-    posix = PurePath(path).as_posix()
+    posix = _path_bytes(PurePath(path).as_posix())
     if PurePath(path).is_absolute():
         return "file://" + quote(posix, safe="/:")
     return quote(posix, safe="/")
@@ -127,7 +161,7 @@ def sarif_log(
         }
         for path, text in notes
     ]
-    return {
+    log = {
         "$schema": SARIF_SCHEMA,
         "version": SARIF_VERSION,
         "runs": [
@@ -149,6 +183,7 @@ def sarif_log(
             }
         ],
     }
+    return dict(readable_json(log))
 
 
 def _escape_data(text: str) -> str:
@@ -178,5 +213,5 @@ def github_commands(findings: Iterable[Finding]) -> list[str]:
             ]
         )
         text = _escape_data(f"{finding.message}. Fix: {finding.fix}.")
-        lines.append(f"::{command} {properties}::{text}")
+        lines.append(readable(f"::{command} {properties}::{text}"))
     return lines

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 
+from narcissus.core.lint.model import LineIndex
 from narcissus.core.lint.tree import Mapping, Node, Scalar, Sequence
 
 MAX_DEPTH = 100
@@ -20,11 +21,16 @@ _LITERALS = ("true", "false", "null")
 
 
 def parse(text: str) -> Node:
+    """The document in `text`; ValueError saying where it stops being JSON."""
     reader = _Reader(text)
-    node = reader.value(0)
-    reader.skip_space()
-    if reader.at != len(text):
-        raise ValueError(f"extra text at offset {reader.at}")
+    try:
+        node = reader.value(0)
+        reader.skip_space()
+        if reader.at != len(text):
+            raise ValueError("extra text")
+    except ValueError as exc:
+        line, column = LineIndex(text).position(min(reader.at, len(text)))
+        raise ValueError(f"line {line}, column {column}: {exc}") from exc
     return node
 
 
@@ -56,14 +62,18 @@ class _Reader:
             if self.text.startswith(literal, self.at):
                 self.at += len(literal)
                 return Scalar(literal, self.at - len(literal), self.at)
-        raise ValueError(f"unexpected {char!r} at offset {self.at}")
+        raise ValueError(f"unexpected {char!r}" if char else "unexpected end")
 
     def string(self) -> Scalar:
         match = _STRING.match(self.text, self.at)
         if not match:
-            raise ValueError(f"bad string at offset {self.at}")
+            raise ValueError("bad string")
+        try:
+            value = json.loads(match.group(0))
+        except ValueError:  # its message would place the error in the string, not the file
+            raise ValueError("bad escape in a string") from None
         self.at = match.end()
-        return Scalar(json.loads(match.group(0)), match.start(), match.end())
+        return Scalar(value, match.start(), match.end())
 
     def expect(self, char: str) -> bool:
         """Consume `char` after white space if it is next."""
@@ -82,12 +92,12 @@ class _Reader:
             self.skip_space()
             key = self.string()
             if not self.expect(":"):
-                raise ValueError(f"expected ':' at offset {self.at}")
+                raise ValueError("expected ':'")
             node.pairs.append((key, self.value(depth + 1)))
             if self.expect("}"):
                 return node
             if not self.expect(","):
-                raise ValueError(f"expected ',' or '}}' at offset {self.at}")
+                raise ValueError("expected ',' or '}'")
 
     def sequence(self, depth: int) -> Sequence:
         node = Sequence()
@@ -99,4 +109,4 @@ class _Reader:
             if self.expect("]"):
                 return node
             if not self.expect(","):
-                raise ValueError(f"expected ',' or ']' at offset {self.at}")
+                raise ValueError("expected ',' or ']'")

@@ -5,7 +5,9 @@ reject (templates with `{{ }}`, JSON with comments) or when PyYAML is not instal
 Rules: pure. One assignment per line (`key = value`, `key: value`, `export KEY=value`,
 `"key": value,`); the value loses its quotes, a trailing comment and a trailing `,` or `;`. In
 the YAML reading a list item (`- "50000:6379"`) belongs to the nearest key above it that is
-less indented, so a `ports:` list is read as ports.
+less indented, so a `ports:` list is read as ports. JSON and YAML that failed to parse also put
+pairs in the middle of a line (`{"x": 1, "port": 50000}`, `- {name: web, port: 50000}`):
+`inline_hits` reads those.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ from narcissus.core.lint.model import Hit
 _ASSIGNMENT = re.compile(
     r"""^(?P<indent>[ \t]*)(?:export[ \t]+)?(?P<quote>["']?)(?P<key>[A-Za-z_$][\w.$-]*)(?P=quote)"""
     r"""[ \t]*(?P<sep>[=:])[ \t]*(?P<value>.*)$"""
+)
+_KEY = r"[A-Za-z_$][\w.$-]*"
+# One pair inside a line: a quoted key anywhere, or a bare key at the start or after the `{` or
+# `,` of a flow mapping; then `:` and one scalar or a flow list of scalars (a nested `{` is
+# left for the pairs inside it).
+_INLINE_PAIR = re.compile(
+    rf"""(?:(?P<quote>["'])(?P<quoted>{_KEY})(?P=quote)|(?:^|(?<=[{{,]))[ \t]*(?P<bare>{_KEY}))"""
+    r"""[ \t]*:[ \t]*(?P<value>"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|\[[^\]{\n]*\]|[^\s,{}\[\]"']+)"""
 )
 _ITEM = re.compile(r"^(?P<indent>[ \t]*)-[ \t]+(?P<value>.*)$")
 _VARIABLE = re.compile(r"""(?<![\w.-])(?P<key>[A-Za-z_]\w*)=(?P<value>[^\s"']+)""")
@@ -67,6 +77,24 @@ def hits(text: str, *, yaml_items: bool = False, separators: str = "=:") -> Iter
                 yield from _value_hits(
                     parents[-1][1], item.group("value"), start + item.start("value")
                 )
+
+
+def inline_hits(text: str, *, json: bool = False) -> Iterator[Hit]:
+    """Port hits of each `key: value` pair in a line, one scalar value each: JSON (`json`: bare
+    keys too, as JSON5 writes them) or YAML's flow mappings (`- {name: web, port: 50000}`),
+    for files their parsers rejected. Comment lines are skipped."""
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        start = offset
+        offset += len(line)
+        if line.lstrip().startswith(("#", "//", "/*", "*")):
+            continue
+        for match in _INLINE_PAIR.finditer(line):
+            bare = match.group("bare")
+            if bare and not json and "{" not in line[: match.start()]:
+                continue  # YAML: `key: value` lines are `hits`' part, `a, port: 1` is text
+            key = bare or match.group("quoted")
+            yield from _value_hits(key, match.group("value"), start + match.start("value"))
 
 
 def _value_hits(key: str, raw: str, raw_start: int) -> Iterator[Hit]:

@@ -24,8 +24,22 @@ def parse(text: str) -> list[Node]:
     try:
         documents = list(yaml.compose_all(text, Loader=loader))
         return [_convert(document, converted) for document in documents if document is not None]
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise ValueError(f"not YAML: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(_one_line(exc)) from exc
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+
+
+def _one_line(exc: yaml.YAMLError) -> str:
+    """PyYAML's message (several lines, its positions last) as one line that says where first:
+    `line 3, column 4: did not find expected ',' or ']' while parsing a flow sequence`."""
+    import yaml
+
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return " ".join(str(exc).split())
+    said = " ".join(part for part in (exc.problem, exc.context) if part) or "not YAML"
+    mark = exc.problem_mark or exc.context_mark
+    return f"line {mark.line + 1}, column {mark.column + 1}: {said}" if mark else said
 
 
 def _convert(node: yaml.Node, converted: dict[int, Node]) -> Node:
