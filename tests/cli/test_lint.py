@@ -384,7 +384,7 @@ def test_without_pyyaml_yaml_is_read_line_by_line(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 1, done.stderr
-    assert "PyYAML is not installed (pip install 'narcissus[lint]')" in done.stdout
+    assert "PyYAML is not installed (NARCISSUS_EXTRAS=lint ./scripts/install" in done.stdout
     assert "docker-compose.yml:3:14: port 50000" in done.stdout  # the 5 is the 14th char
 
 

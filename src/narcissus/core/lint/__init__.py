@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from narcissus.core.lint import directives, keyvalue, python, text, tomlfile, tree
 from narcissus.core.lint.model import DEFAULT_TARGETS, Finding, Hit, Target, judge, targets_for
 from narcissus.core.services import ServiceNames
+from narcissus.errors import install_extra
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -146,7 +147,7 @@ def lint_text(
         try:
             found += list(fmt.read(content))
         except ImportError:
-            note = "PyYAML is not installed (pip install 'narcissus[lint]'): read line by line"
+            note = f"PyYAML is not installed ({install_extra('lint')}): read line by line"
             found += fmt.fallback(content) if fmt.fallback else []
         except ValueError as exc:
             if fmt.fallback is not None:

@@ -1,6 +1,6 @@
 """YAML read into `tree` nodes through PyYAML's composer, which gives every node its start and
 end in the text and resolves nothing: no tags are constructed and no code runs (only the safe
-loader's composer is used). PyYAML is an optional dependency (`narcissus[lint]`), imported here
+loader's composer is used). PyYAML is an optional dependency (the `lint` extra), imported here
 only; without it, or for text it rejects (a Helm template), the caller reads the file line by
 line instead.
 """
