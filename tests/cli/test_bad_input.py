@@ -149,6 +149,8 @@ CASES: list[tuple[tuple[str, ...], int, tuple[str, ...]]] = [
     (("shield", "status", "--cgroup", "/nonexistent"), 2, ("/nonexistent is not a directory",)),
     (("shield", "off", "--mechanism", "bpf-eperm"), 2, ("--mechanism goes with `shield on`",)),
     (("shield", "on", "--mechanism", "iptables"), 2, ("--mechanism", "iptables")),
+    (("reserve", "--os", "freebsd", "65000"), 2, ("would leave 535 of", "--force")),
+    (("reserve", "--os", "windows", "--persist", "50000"), 2, ("--persist", "--os")),
     # exporter
     (("exporter", "--listen", "abc"), 2, ("--listen",)),
     (("exporter", "--listen", "127.0.0.1:70000"), 2, ("--listen", "1 to 65535")),

@@ -57,8 +57,9 @@ class Reservation:
 
     @property
     def usable_after(self) -> int:
-        """... and once the reservation is applied."""
-        port_range = self.settings.range
+        """... and once the reservation is applied (on an OS that cannot reserve single ports,
+        the fix shrinks the range instead)."""
+        port_range = self.fix.range_after or self.settings.range
         return len(port_range) - self.after.count_in(port_range)
 
     @property

@@ -89,7 +89,12 @@ def reserve_ports(
     if not requested:
         raise InputError("give at least one port or range to reserve, e.g. 50000 or 40000-40100")
     if os_name is not None or "reserve" not in system.CAPABILITIES:
-        return _plan_elsewhere(requested, os_name)
+        if os_name is not None and persist:
+            raise InputError(
+                "--persist writes this host's sysctl file: leave it out with --os, which only "
+                "prints the commands for that OS"
+            )
+        return _plan_elsewhere(requested, os_name, force=force)
 
     from narcissus.diagnose.ports import ephemeral_ports
 
@@ -118,7 +123,7 @@ def reserve_ports(
     return replace(result, applied=True)
 
 
-def _plan_elsewhere(requested: PortSet, os_name: str | None) -> ReserveResult:
+def _plan_elsewhere(requested: PortSet, os_name: str | None, *, force: bool) -> ReserveResult:
     if os_name is None:
         from narcissus.diagnose.ports import ephemeral_ports
 
@@ -127,6 +132,8 @@ def _plan_elsewhere(requested: PortSet, os_name: str | None) -> ReserveResult:
         default = os_facts(os_name).default_range
         settings = EphemeralPorts(os_name, default, PortSet(), "documented default")
     reservation = plan_reservation(settings, requested)
+    if reservation.starves and not force:  # the same floor as on this host
+        raise InputError(reservation.starving_reason())
     return ReserveResult(
         reservation,
         on_this_host=False,

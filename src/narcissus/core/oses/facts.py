@@ -26,6 +26,7 @@ class Fix:
     persist_file: str | None
     persist_line: str | None
     alternative: str
+    range_after: PortRange | None = None  # where the fix moves the range instead of reserving
 
 
 def _never(_release: str) -> bool:
@@ -85,6 +86,7 @@ def range_start_fix(key: str) -> Callable[[PortRange, PortSet, PortSet], Fix]:
             alternative=move_below(port_range)
             + f" (this OS cannot reserve single ports; the command above shrinks the range to "
             f"start at {new_first})",
+            range_after=PortRange(new_first, port_range.high),
         )
 
     return fix
