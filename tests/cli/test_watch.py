@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,28 @@ def test_exec_runs_a_command_per_event_with_the_event_in_its_environment(
     assert json.loads(live[2])["pid"] == planted.pid
     remnant = by_port[planted.ports("remnant4")[0]]
     assert remnant[0] == "" and json.loads(remnant[2])["remnant"] is True
+
+
+def test_commands_still_running_when_it_ends_are_killed_after_a_grace(
+    netns: PrivateNetns, tmp_path: Path
+) -> None:
+    """`--exec 'sleep 600'`: the watch ends (SIGTERM here, --duration alike) and does not wait
+    the command's 30 s limit, nor leave it running."""
+    pids = tmp_path / "pids"
+    command = f"echo $$ >> {pids}; exec sleep 600"
+    args = ("watch", "--json", "--backend", "poll", "--interval", "0.1", "--exec", command)
+    with Running(*args, netns=netns) as watch:
+        assert watch.json_line()["event"] == "ready"
+        with plant("self4", netns=netns) as planted:
+            watch.event_of(planted.pid)
+        deadline = time.monotonic() + 60  # the command has started (its shell wrote its pid)
+        while not (pids.exists() and pids.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status, err = watch.stop(signal.SIGTERM)
+    assert status == 1
+    assert "still running 5 s after the watch ended" in err and "killed" in err
+    [pid] = pids.read_text().split()
+    assert not Path(f"/proc/{pid}").exists()  # reaped by the watch, not left behind
 
 
 def test_without_root_it_polls_and_says_why(netns: PrivateNetns) -> None:

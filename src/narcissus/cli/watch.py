@@ -64,6 +64,7 @@ backend asked for cannot run here (--binds needs root on Linux), 130 interrupted
 # At most this many --exec commands run at once; the next event waits for a slot.
 EXEC_SLOTS = 4
 EXEC_TIMEOUT = 30.0
+EXEC_GRACE = 5.0  # seconds the commands still running get once the watch is over
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +93,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="run the shell command CMD for each event, with the event in its environment: "
         "NARCISSUS_EVENT (the JSON object), NARCISSUS_PID, NARCISSUS_PROCESS, "
         "NARCISSUS_ADDRESS, NARCISSUS_PORT, NARCISSUS_TIME, NARCISSUS_BACKEND, NARCISSUS_NETNS; "
-        "for a failed bind also NARCISSUS_KIND and NARCISSUS_HOLDER_PIDS",
+        "for a failed bind also NARCISSUS_KIND and NARCISSUS_HOLDER_PIDS. At most "
+        f"{EXEC_SLOTS} run at once, each for at most {EXEC_TIMEOUT:g} s; when the watch ends, "
+        f"those still running get {EXEC_GRACE:g} s more",
     )
     add_backend_options(parser)
 
@@ -251,8 +254,26 @@ class _Commands:
         self.running.append((process, time.monotonic(), port))
 
     def finish(self) -> None:
-        while self.running:
-            self._reap(block=True)
+        """The watch is over: commands still running get EXEC_GRACE seconds more, then are
+        killed, so `--duration 3s` ends within seconds whatever CMD does."""
+        deadline = time.monotonic() + EXEC_GRACE
+        for process, _started, port in self.running:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()  # one we started, by its pid
+                process.wait()
+                _warn(
+                    f"--exec command still running {EXEC_GRACE:g} s after the watch ended "
+                    f"(port {port}): killed"
+                )
+                continue
+            if process.returncode != 0:
+                _warn(
+                    f"--exec command exited with status {process.returncode} for the event at "
+                    f"port {port}"
+                )
+        self.running = []
 
 
 def _warn(message: str) -> None:
