@@ -170,6 +170,21 @@ def test_a_lease_holds_after_its_owner_exits_until_it_ends(
     assert free_port() == 1024
 
 
+def test_claims_that_ran_out_do_not_pile_up(zone_of_one: PrivateNetns, claims: Path) -> None:
+    """`narcissus port --lease` leaves a claim file that outlives its process: picks remove
+    the stale ones they come across (a few each), never a live one."""
+    gone = 2**22 + 1
+    for port in range(2000, 2020):
+        write_claim(claims, port, pid=gone, start_time=1, expires=time.time() - 1)
+    write_claim(claims, 3000, pid=gone, start_time=1, expires=time.time() + 600)
+    for _pick in range(50):  # bounded: 8 looked at per pick
+        assert free_port() == 1024
+        release_port(1024)
+        if sorted(path.name for path in claims.iterdir()) == ["3000.claim"]:
+            break
+    assert sorted(path.name for path in claims.iterdir()) == ["3000.claim"]
+
+
 def test_a_claim_being_written_is_respected(zone_of_one: PrivateNetns, claims: Path) -> None:
     claims.mkdir(exist_ok=True)
     (claims / "1024.claim").write_text("")  # created, not written yet

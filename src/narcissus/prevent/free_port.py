@@ -48,6 +48,7 @@ CLAIMS_ENV = "NARCISSUS_PORT_CLAIMS"
 MAX_CANDIDATES = 512
 TIME_LIMIT = 10.0
 LOCK_WAIT = 0.5  # a claim file is locked only while it is read and replaced
+SWEEP_LIMIT = 8  # stale claim files looked at (and removed) per pick: the directory stays small
 
 # Process-bound claims made here, removed at exit; keyed by pid so a forked child (which
 # inherits this dict) never removes its parent's claims.
@@ -94,6 +95,7 @@ def free_port(
             "(1024-9999)"
         )
     directory = claims_directory()
+    _sweep(directory)
     expires = time.time() + lease if lease else 0.0
     deadline = time.monotonic() + TIME_LIMIT
     tried: set[int] = set()
@@ -242,7 +244,7 @@ def _claim(directory: Path, port: int, expires: float) -> bool:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[int | None]:
+def _locked(path: Path, wait: float = LOCK_WAIT) -> Iterator[int | None]:
     """The claim file at `path`, open and exclusively locked; None when it is gone, was
     replaced meanwhile, or stays locked (the lock is held only while a claim is replaced)."""
     try:
@@ -251,7 +253,7 @@ def _locked(path: Path) -> Iterator[int | None]:
         yield None
         return
     try:
-        yield fd if _lock(fd) and _still_there(fd, path) else None
+        yield fd if _lock(fd, wait) and _still_there(fd, path) else None
     finally:
         os.close(fd)  # drops the lock
 
@@ -268,6 +270,23 @@ def _take_over_if_stale(path: Path, record: str) -> bool:
             spare.unlink(missing_ok=True)
             return False
         return True
+
+
+def _sweep(directory: Path, limit: int = SWEEP_LIMIT) -> int:
+    """Remove up to `limit` stale claim files (a lease run out, an owner gone), so that the
+    claims of `narcissus port --lease` do not pile up in the directory; how many went."""
+    removed = 0
+    try:
+        names = [entry.name for entry in os.scandir(directory) if entry.name.endswith(".claim")]
+    except OSError:
+        return 0
+    for name in _random.sample(names, min(limit, len(names))):
+        path = directory / name
+        with _locked(path, wait=0.0) as fd:  # one in use now is not stale: skip it
+            if fd is not None and _is_stale(fd):
+                path.unlink(missing_ok=True)  # whoever waits on its lock finds it gone
+                removed += 1
+    return removed
 
 
 def _release(directory: Path, port: int) -> bool:
@@ -309,13 +328,13 @@ def _still_there(fd: int, path: Path) -> bool:
     return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def _lock(fd: int) -> bool:
-    """An exclusive flock on `fd`, waiting at most LOCK_WAIT; True where flock does not exist."""
+def _lock(fd: int, wait: float = LOCK_WAIT) -> bool:
+    """An exclusive flock on `fd`, waiting at most `wait` s; True where flock does not exist."""
     try:
         import fcntl
     except ImportError:  # Windows: best effort, the O_EXCL create still holds
         return True
-    deadline = time.monotonic() + LOCK_WAIT
+    deadline = time.monotonic() + wait
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
