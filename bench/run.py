@@ -7,7 +7,8 @@ tests/prevent/preload/client.c compiled for the run:
 1. Cost. A C listener accepts and closes; the client makes connects to it and times connect()
    alone (clock_gettime around each call; a block reports its median), unguarded (no
    LD_PRELOAD) and guarded (started by `narcissus run --quiet`, so the library is preloaded),
-   in blocks interleaved in ABBA order.
+   in blocks interleaved in ABBA order. The control: the same with two unguarded processes,
+   which shows how far apart two processes measure here without any library.
    Twice: a listener on a port inside the ephemeral range (the library checks every connect:
    one getsockname()) and one outside it (skipped after one comparison). Ratio: median over
    rounds of guarded / unguarded within the round. Goal <= 1.05 for both.
@@ -66,18 +67,23 @@ def bench_block(client: Path, port: int, count: int, guarded: bool) -> float:
     return float(median)
 
 
-def compare(client: Path, port: int, connects: int, block: int) -> tuple[float, float, float]:
-    """(median ratio over ABBA rounds, unguarded median us, guarded median us)."""
-    bench_block(client, port, block, False)  # warm up both
-    bench_block(client, port, block, True)
+def compare(
+    client: Path, port: int, connects: int, block: int, variants: tuple[bool, bool] = (False, True)
+) -> tuple[float, float, float]:
+    """(median ratio over ABBA rounds of B / A, A's median us, B's median us), where A and B
+    say whether each process is guarded. (False, False) is the control: two unguarded
+    processes, whose ratio shows how far apart two processes measure on this machine."""
+    first_guarded, second_guarded = variants
+    bench_block(client, port, block, first_guarded)  # warm up both
+    bench_block(client, port, block, second_guarded)
     ratios, plain, guarded = [], [], []
     done = 0
     while done < connects:
         count = min(block, connects - done)
-        first = bench_block(client, port, count, False)
-        second = bench_block(client, port, count, True)
-        third = bench_block(client, port, count, True)
-        fourth = bench_block(client, port, count, False)
+        first = bench_block(client, port, count, first_guarded)
+        second = bench_block(client, port, count, second_guarded)
+        third = bench_block(client, port, count, second_guarded)
+        fourth = bench_block(client, port, count, first_guarded)
         ratios.append((second + third) / (first + fourth))
         plain += [first, fourth]
         guarded += [second, third]
@@ -146,6 +152,10 @@ def main() -> int:
                 assert server.stdout.readline().strip() == str(port)
             for port in (PORT_INSIDE, PORT_OUTSIDE):
                 results[port] = compare(client, port, options.connects, options.block)
+            floor = {
+                port: compare(client, port, options.connects, options.block, (False, False))[0]
+                for port in (PORT_INSIDE, PORT_OUTSIDE)
+            }
             runs = max(1, options.connects // 2_000)
             interleaved = {
                 (port, guarded): alternate(client, port, 2_000, runs, guarded)
@@ -186,7 +196,8 @@ def main() -> int:
         print(
             f"  port {port} ({label} the range): unguarded {plain / 1000:6.2f} us, "
             f"guarded {guarded_us / 1000:6.2f} us   guarded / unguarded {ratio:.3f}  "
-            f"goal <= 1.050  {verdict(ratio <= 1.05)}"
+            f"goal <= 1.050  {verdict(ratio <= 1.05)}   (control, two unguarded processes: "
+            f"{floor[port]:.3f})"
         )
     print(f"  one process, connect by connect ({runs} runs of 2,000; median ratio):")
     for port, label in ((PORT_INSIDE, "inside"), (PORT_OUTSIDE, "outside")):
