@@ -101,11 +101,29 @@ def run(options: argparse.Namespace) -> int:
     )
     checked = preflight(request)
     if options.as_json:
-        result = reproduce(request, checked=checked, capture=True)
-        emit_json(result_json(checked, result))
+        result = _run_with_json(request, checked)
     else:
         result = _run_with_text(request, checked)
     return EXIT_OK if result.self_connected else EXIT_FOUND
+
+
+def _run_with_json(request: ReproRequest, checked: Preflight) -> ReproResult:
+    """One JSON document, out (and flushed) as soon as the self-connect exists, so a script can
+    act while `--hold` keeps the socket; a hold cut short is told on stderr, keeping stdout
+    one document."""
+    printed: list[ReproResult] = []
+
+    def reached(result: ReproResult) -> None:
+        emit_json(result_json(checked, result))
+        sys.stdout.flush()
+        printed.append(result)
+
+    result = reproduce(request, checked=checked, capture=True, reached=reached)
+    if not printed:
+        emit_json(result_json(checked, result))
+    elif result.hold is not None and result.hold.closed_from_outside:
+        sys.stderr.write(f"narcissus repro: {_hold_end(result)}\n")
+    return result
 
 
 def result_json(checked: Preflight, result: ReproResult) -> dict[str, Any]:
@@ -196,8 +214,22 @@ def _run_with_text(request: ReproRequest, checked: Preflight) -> ReproResult:
             def progress(done: int) -> None:
                 bar.update(task, completed=done)
 
-        result = reproduce(request, checked=checked, progress=progress, announce=_print_steer)
-    _render(result)
+        printed: list[ReproResult] = []
+
+        def reached(result: ReproResult) -> None:
+            if bar is not None:
+                bar.stop()
+            _render(result)
+            sys.stdout.flush()
+            printed.append(result)
+
+        result = reproduce(
+            request, checked=checked, progress=progress, announce=_print_steer, reached=reached
+        )
+    if not printed:
+        _render(result)
+    elif result.hold is not None:
+        out.print(f"  {_hold_end(result)}")
     return result
 
 
@@ -253,10 +285,24 @@ def _render(result: ReproResult) -> None:
     if result.hold is not None:
         bind = result.hold.server_bind_error or "bound fine (unexpected)"
         out.print(
-            f"  held the self-connected socket {result.hold.seconds:g} s; a server binding the "
-            f"port meanwhile got: {bind}"
+            f"  holding the self-connected socket {result.hold.seconds:g} s; a server binding "
+            f"the port meanwhile got: {bind}"
         )
+        if result.hold.held_seconds is not None:
+            out.print(f"  {_hold_end(result)}")
     if result.command_status is not None:
         out.print(f"  CMD exited with status {result.command_status}")
     for note in result.notes:
         out.print(f"  [yellow]note:[/] {note}")
+
+
+def _hold_end(result: ReproResult) -> str:
+    """How the hold ended: its whole length, or cut short from outside."""
+    hold = result.hold
+    assert hold is not None and hold.held_seconds is not None
+    if hold.closed_from_outside:
+        return (
+            f"the self-connected socket was closed from outside after {hold.held_seconds:.1f} s "
+            f"of the {hold.seconds:g} s hold"
+        )
+    return f"held it the whole {hold.seconds:g} s, then released it"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from narcissus.core.ephemeral import EphemeralPorts, PortClass
 from narcissus.errors import InputError, UnsupportedError
-from narcissus.repro.model import Mode, ReproRequest, ReproResult, SteerSetup
+from narcissus.repro.model import Mode, Reached, ReproRequest, ReproResult, SteerSetup
 from narcissus.repro.target import Target, resolve_target
 
 __all__ = ["Mode", "Preflight", "ReproRequest", "ReproResult", "preflight", "reproduce"]
@@ -135,9 +135,12 @@ def reproduce(
     progress: Callable[[int], None] | None = None,
     capture: bool = False,
     announce: Callable[[SteerSetup], None] | None = None,
+    reached: Reached | None = None,
 ) -> ReproResult:
     """Run one reproduction. `capture` collects CMD's output into the result instead of letting
-    it through (for JSON output); `announce` hears what steer holds before CMD runs."""
+    it through (for JSON output); `announce` hears what steer holds before CMD runs; `reached`
+    hears the result as soon as a self-connect exists, before `--hold` keeps it (the returned
+    result then also says how the hold went)."""
     ready = checked or preflight(request)
     if not ready.possible:
         return ReproResult(
@@ -148,7 +151,12 @@ def reproduce(
         from narcissus.repro.sequential import run_steer_sequential
 
         return run_steer_sequential(
-            request, ready.target, ready.settings, capture=capture, announce=announce
+            request,
+            ready.target,
+            ready.settings,
+            capture=capture,
+            announce=announce,
+            reached=reached,
         )
     if not sys.platform.startswith("linux") and request.mode is not Mode.NATURAL:
         raise UnsupportedError(
@@ -157,15 +165,22 @@ def reproduce(
     if request.mode is Mode.NATURAL:
         from narcissus.repro.natural import run_natural
 
-        return run_natural(request, ready.target, progress, capture=capture)
+        return run_natural(request, ready.target, progress, capture=capture, reached=reached)
     if request.mode is Mode.PINNED:
         from narcissus.repro.pinned import run_pinned
 
-        return run_pinned(request, ready.target)
+        return run_pinned(request, ready.target, reached)
     if request.mode is Mode.STEER:
         from narcissus.repro.steer import run_steer
 
-        return run_steer(request, ready.target, ready.settings, capture=capture, announce=announce)
+        return run_steer(
+            request,
+            ready.target,
+            ready.settings,
+            capture=capture,
+            announce=announce,
+            reached=reached,
+        )
     from narcissus.repro.isolate import run_isolate
 
-    return run_isolate(request, ready.target, capture=capture)
+    return run_isolate(request, ready.target, capture=capture, reached=reached)
