@@ -217,6 +217,29 @@ def test_only_local_addresses_are_accepted(netns: PrivateNetns) -> None:
 
 
 @needs_root
+@pytest.mark.parametrize(
+    "args",
+    [[], ["--", "true"], ["--mode", "steer", "--", "true"], ["--mode", "isolate", "--", "true"]],
+)
+def test_an_address_sent_to_from_another_is_refused_where_nothing_binds_it(
+    netns: PrivateNetns, args: list[str]
+) -> None:
+    """Loopback sends to 127.0.0.2 from 127.0.0.1: an unbound socket (natural mode, any CMD)
+    never connects to itself there, so trying would only burn attempts."""
+    done = run_cli("repro", "40050", "--host", "127.0.0.2", *args, netns=netns)
+    assert_one_line_error(done, "from 127.0.0.1", "--host 127.0.0.1")
+
+
+@needs_root
+@pytest.mark.parametrize("mode", ["pinned", "steer", "isolate"])
+def test_our_client_binds_an_address_sent_to_from_another(netns: PrivateNetns, mode: str) -> None:
+    netns.set_port_range(40000, 40099)
+    status, report = repro_json("40050", "--host", "127.0.0.2", "--mode", mode, netns=netns)
+    assert status == 0 and report["self_connected"] is True, report
+    assert report["address"] == "127.0.0.2" and "binds 127.0.0.2" in str(report["explanation"])
+
+
+@needs_root
 def test_sigterm_releases_every_held_port_and_stops_cmd(netns: PrivateNetns) -> None:
     argv = netns.wrap(
         [

@@ -34,8 +34,11 @@ modes:
   isolate  run CMD (or narcissus's client) in a private network namespace whose ephemeral
            range is PORT alone: certain on any host, but CMD sees only its own loopback
 
-Only loopback or this host's own addresses are accepted. Whether CMD self-connected is decided
-from evidence (the socket table), not guessed. Everything held is released on every exit.
+Only loopback or this host's own addresses are accepted. An address this host sends to from
+another one (127.0.0.2, sent from 127.0.0.1) is reached by itself only from a socket bound to
+it: narcissus's own client binds it in pinned, steer and isolate; natural mode and CMD (unbound)
+are refused (exit 2). Whether CMD self-connected is decided from evidence (the socket table),
+not guessed. Everything held is released on every exit.
 
 examples:
   narcissus repro 50000

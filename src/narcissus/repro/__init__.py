@@ -99,6 +99,7 @@ def preflight(request: ReproRequest) -> Preflight:
             f"--mode isolate needs a loopback --host (127.0.0.1 or ::1), got {request.host}: "
             "the private namespace has nothing else"
         )
+    bound_note = _unbound_source_check(request, target)
     settings = ephemeral_ports()
     if not settings.facts.ipv4_self_connect and target.family == socket.AF_INET:
         raise InputError(
@@ -107,9 +108,8 @@ def preflight(request: ReproRequest) -> Preflight:
         )
     verdict = settings.classify(request.port)
     if request.mode is Mode.ISOLATE:
-        return Preflight(
-            target, settings, verdict, "the namespace's range will be this port alone", True
-        )
+        explanation = "the namespace's range will be this port alone" + bound_note
+        return Preflight(target, settings, verdict, explanation, True)
     if not verdict.at_risk:
         if request.mode in (Mode.PINNED, Mode.STEER):
             raise InputError(
@@ -120,12 +120,38 @@ def preflight(request: ReproRequest) -> Preflight:
             target, settings, verdict, f"cannot be hit naturally: {verdict.reason()}", False
         )
     if request.mode is not Mode.NATURAL:
-        return Preflight(target, settings, verdict, verdict.reason(), True)
+        return Preflight(target, settings, verdict, verdict.reason() + bound_note, True)
     if verdict.preferred_parity is False:
         explanation = f"practically never hit naturally: {verdict.reason()}"
         return Preflight(target, settings, verdict, explanation, True)
     expected = None if request.command else expected_natural(request.port)
     return Preflight(target, settings, verdict, verdict.reason(), True, expected)
+
+
+def _unbound_source_check(request: ReproRequest, target: Target) -> str:
+    """An address this host sends to from another one (127.0.0.2, sent from 127.0.0.1) is
+    reached by itself only from a socket bound to it. narcissus's own client binds it in pinned,
+    steer and isolate (the text returned says so); natural mode models unbound clients and CMD
+    is not ours to bind, so those are refused."""
+    if not target.unbound_cannot_self_connect:
+        return ""
+    why = (
+        f"--host {request.host}: this host sends to {target.address} from {target.source}, so an "
+        "unbound socket connecting there can never be connected to itself"
+    )
+    if request.command:
+        raise InputError(
+            f"{why} (CMD's sockets are not narcissus's to bind): use --host 127.0.0.1 or ::1"
+        )
+    if request.mode is Mode.NATURAL:
+        raise InputError(
+            f"{why}: use --host 127.0.0.1 or ::1, or --mode pinned, steer or isolate, whose own "
+            f"client binds {target.address} first"
+        )
+    return (
+        f"; narcissus's client binds {target.address} first (unbound, it would be sent from "
+        f"{target.source})"
+    )
 
 
 def reproduce(

@@ -8,6 +8,7 @@ import errno
 import os
 import select
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,6 +19,7 @@ from narcissus.repro.model import HoldOutcome, Reached, ReproRequest, ReproResul
 from narcissus.repro.target import Target
 
 IP_LOCAL_PORT_RANGE = 51  # Linux >= 6.3, level IPPROTO_IP
+IP_BIND_ADDRESS_NO_PORT = 24  # Linux >= 4.2, level IPPROTO_IP
 
 
 def abort(sock: socket.socket) -> None:
@@ -33,6 +35,16 @@ def new_socket(target: Target) -> socket.socket:
     if target.family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     return sock
+
+
+def bind_address(sock: socket.socket, target: Target) -> None:
+    """Bind the target's address, port left to connect() (IP_BIND_ADDRESS_NO_PORT, so the
+    connect allocator picks it, as for an unbound socket): for an address this host would send
+    to from another one (127.0.0.2, sent from 127.0.0.1), which unbound can never self-connect."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):  # older kernels: bind picks the port, same range
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+    sock.bind((target.address, 0))
 
 
 _REFUSED = (errno.ECONNREFUSED, errno.ECONNRESET)
@@ -134,6 +146,8 @@ def connect_once(
     try:
         if prepare is not None:
             prepare(sock)
+        if target.unbound_cannot_self_connect:
+            bind_address(sock, target)
         connected, source_port = attempt(sock, target)
         seconds = time.monotonic() - start
         self_connected = connected and is_self_connected(sock)
