@@ -83,7 +83,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="DURATION",
         help="keep the self-connected socket this long (e.g. 5s; at most 1h): a server cannot "
-        "bind PORT meanwhile (default 0: release it at once)",
+        "bind PORT meanwhile. The result is printed first; a socket closed from outside (scan "
+        "--kill) ends the hold early and is reported (default 0: release it at once)",
     )
     add_json_option(parser)
     parser.usage = (
