@@ -45,8 +45,16 @@ examples:
   narcissus repro 6380 --mode isolate -- redis-cli -p 6380 CLIENT SETNAME tool-1
   narcissus repro 50000 --mode steer --hold 5
 
-exit status: 0 self-connect reproduced, 1 not reproduced, 2 bad input, 3 not possible on
-this host (privileges, kernel), 130 interrupted.
+A PORT the mode can never have handed out as a source port is bad input (exit 2, nothing is
+tried): in natural, pinned and steer, a port outside the ephemeral range or reserved
+(IP_LOCAL_PORT_RANGE only narrows the range, so pinned cannot reach past it); in isolate, a port
+below 1024 (a new namespace's range cannot start lower). Use isolate for the first kind. A port
+that is only unlikely (Linux avoids odd ports while even ones are free) is tried: exit 1 if
+--max-attempts or --timeout end it first.
+
+exit status: 0 self-connect reproduced, 1 not reproduced, 2 bad input (a port or host the mode
+can never self-connect to included), 3 not possible on this host (privileges, kernel), 130
+interrupted.
 """
 
 

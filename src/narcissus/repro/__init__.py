@@ -23,6 +23,7 @@ __all__ = ["Mode", "Preflight", "ReproRequest", "ReproResult", "preflight", "rep
 
 
 ATTEMPT_SECONDS = 30e-6  # a refused loopback connect (shared FACTS), for the estimate
+ISOLATE_LOWEST_PORT = 1024  # a new namespace's ip_unprivileged_port_start, below which no range
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,16 +109,20 @@ def preflight(request: ReproRequest) -> Preflight:
         )
     verdict = settings.classify(request.port)
     if request.mode is Mode.ISOLATE:
+        if request.port < ISOLATE_LOWEST_PORT:
+            raise InputError(
+                f"port {request.port} is below {ISOLATE_LOWEST_PORT}: a new network namespace's "
+                "ephemeral range cannot start there (net.ipv4.ip_unprivileged_port_start), so "
+                "--mode isolate cannot hand it out"
+            )
         explanation = "the namespace's range will be this port alone" + bound_note
         return Preflight(target, settings, verdict, explanation, True)
     if not verdict.at_risk:
-        if request.mode in (Mode.PINNED, Mode.STEER):
-            raise InputError(
-                f"{verdict.reason()}; --mode {request.mode.value} cannot make the kernel pick it: "
-                "use --mode isolate"
-            )
-        return Preflight(
-            target, settings, verdict, f"cannot be hit naturally: {verdict.reason()}", False
+        # Never handed out in this namespace, by any of these modes: IP_LOCAL_PORT_RANGE only
+        # narrows the range (pinned), and steer and natural wait for the kernel's own pick.
+        raise InputError(
+            f"{verdict.reason()}; --mode {request.mode.value} cannot make the kernel pick it: "
+            "use --mode isolate"
         )
     if request.mode is not Mode.NATURAL:
         return Preflight(target, settings, verdict, verdict.reason() + bound_note, True)
