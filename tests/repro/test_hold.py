@@ -117,3 +117,18 @@ def test_a_hold_that_runs_its_course_says_so(netns: PrivateNetns) -> None:
     assert done.returncode == 0, done.stderr
     assert "held it the whole 0.5 s" in done.stdout
     assert done.stdout.index("SELF-CONNECTED") < done.stdout.index("holding the self-connected")
+
+
+def test_steer_holds_after_thousands_of_held_ports(netns: PrivateNetns) -> None:
+    """Steer on the default range holds ~14,000 ports in this process first, so the client's
+    descriptor is far past select()'s FD_SETSIZE (1024): the hold must still watch it."""
+    argv = ["prlimit", "--nofile=20000:20000", sys.executable, "-m", "narcissus"]
+    args = ["repro", "50000", "--mode", "steer", "--hold", HOLD, "--json"]
+    with Running(argv=netns.wrap([*argv, *args])) as run:
+        report = json_document(run)
+        assert report["self_connected"] is True and report["steer"]["held"] == 14115
+        assert report["steer"]["helper_processes"] == 0  # all of them in the process itself
+        kill_self_connects(netns)
+        assert run.process.wait(timeout=30) == 0
+        _status, stderr = run.stop()
+    assert "closed from outside" in stderr and "Traceback" not in stderr

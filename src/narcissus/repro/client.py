@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import select
+import selectors
 import socket
 import sys
 import time
@@ -103,13 +103,16 @@ def keep_self_connected(sock: socket.socket, seconds: float) -> float | None:
     resets it, which wakes the wait; the check also runs every HOLD_CHECK_SECONDS)."""
     start = time.monotonic()
     deadline = start + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        wait = min(left, HOLD_CHECK_SECONDS)
-        readable, _, broken = select.select([sock], [], [sock], wait)
-        if not is_self_connected(sock):
-            return time.monotonic() - start
-        if readable or broken:
-            time.sleep(wait)  # still connected: nothing to take from it, so no busy loop
+    # A selector, not select(): after steer holds thousands of ports our fd is past FD_SETSIZE.
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ)  # a reset or hang-up reads as readable
+        while (left := deadline - time.monotonic()) > 0:
+            wait = min(left, HOLD_CHECK_SECONDS)
+            woken = selector.select(wait)
+            if not is_self_connected(sock):
+                return time.monotonic() - start
+            if woken:
+                time.sleep(wait)  # still connected: nothing to take from it, so no busy loop
     return None
 
 
