@@ -79,10 +79,25 @@ def test_natural_with_cmd_runs_a_fresh_process_per_attempt(netns: PrivateNetns) 
     assert status == 1 and report["attempts"] == 5 and report["self_connected"] is False
 
 
-def test_natural_explains_a_port_outside_the_range() -> None:
-    status, report = repro_json("8080")
-    assert status == 1 and report["attempts"] == 0
-    assert "outside the ephemeral range" in str(report["explanation"])
+@needs_root
+@pytest.mark.parametrize(
+    ("port", "args", "fragment"),
+    [
+        ("6380", [], "outside the ephemeral range"),
+        ("6380", ["--", "true"], "outside the ephemeral range"),
+        ("40500", [], "reserved"),
+        ("80", ["--mode", "isolate"], "below 1024"),
+    ],
+)
+def test_a_port_the_mode_can_never_be_handed_is_bad_input_in_every_mode(
+    netns: PrivateNetns, port: str, args: list[str], fragment: str
+) -> None:
+    """One rule for all modes: a port the kernel will never hand out as a source port there is
+    exit 2, one line, nothing tried, as pinned and steer already did (natural used to answer 1;
+    isolate printed its header before failing)."""
+    netns.set_port_range(40000, 40999)
+    netns.reserve("40500")
+    assert_one_line_error(run_cli("repro", port, *args, netns=netns), fragment)
 
 
 @needs_root
@@ -214,6 +229,29 @@ def test_only_local_addresses_are_accepted(netns: PrivateNetns) -> None:
     assert status == 0 and report["self_connected"] is True and report["address"] == "192.0.2.1"
     isolate = run_cli("repro", "50000", "--host", "192.0.2.1", "--mode", "isolate", netns=netns)
     assert_one_line_error(isolate, "loopback")
+
+
+@needs_root
+@pytest.mark.parametrize(
+    "args",
+    [[], ["--", "true"], ["--mode", "steer", "--", "true"], ["--mode", "isolate", "--", "true"]],
+)
+def test_an_address_sent_to_from_another_is_refused_where_nothing_binds_it(
+    netns: PrivateNetns, args: list[str]
+) -> None:
+    """Loopback sends to 127.0.0.2 from 127.0.0.1: an unbound socket (natural mode, any CMD)
+    never connects to itself there, so trying would only burn attempts."""
+    done = run_cli("repro", "40050", "--host", "127.0.0.2", *args, netns=netns)
+    assert_one_line_error(done, "from 127.0.0.1", "--host 127.0.0.1")
+
+
+@needs_root
+@pytest.mark.parametrize("mode", ["pinned", "steer", "isolate"])
+def test_our_client_binds_an_address_sent_to_from_another(netns: PrivateNetns, mode: str) -> None:
+    netns.set_port_range(40000, 40099)
+    status, report = repro_json("40050", "--host", "127.0.0.2", "--mode", mode, netns=netns)
+    assert status == 0 and report["self_connected"] is True, report
+    assert report["address"] == "127.0.0.2" and "binds 127.0.0.2" in str(report["explanation"])
 
 
 @needs_root

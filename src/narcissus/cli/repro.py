@@ -34,16 +34,27 @@ modes:
   isolate  run CMD (or narcissus's client) in a private network namespace whose ephemeral
            range is PORT alone: certain on any host, but CMD sees only its own loopback
 
-Only loopback or this host's own addresses are accepted. Whether CMD self-connected is decided
-from evidence (the socket table), not guessed. Everything held is released on every exit.
+Only loopback or this host's own addresses are accepted. An address this host sends to from
+another one (127.0.0.2, sent from 127.0.0.1) is reached by itself only from a socket bound to
+it: narcissus's own client binds it in pinned, steer and isolate; natural mode and CMD (unbound)
+are refused (exit 2). Whether CMD self-connected is decided from evidence (the socket table),
+not guessed. Everything held is released on every exit.
 
 examples:
   narcissus repro 50000
   narcissus repro 6380 --mode isolate -- redis-cli -p 6380 CLIENT SETNAME tool-1
   narcissus repro 50000 --mode steer --hold 5
 
-exit status: 0 self-connect reproduced, 1 not reproduced, 2 bad input, 3 not possible on
-this host (privileges, kernel), 130 interrupted.
+A PORT the mode can never have handed out as a source port is bad input (exit 2, nothing is
+tried): in natural, pinned and steer, a port outside the ephemeral range or reserved
+(IP_LOCAL_PORT_RANGE only narrows the range, so pinned cannot reach past it); in isolate, a port
+below 1024 (a new namespace's range cannot start lower). Use isolate for the first kind. A port
+that is only unlikely (Linux avoids odd ports while even ones are free) is tried: exit 1 if
+--max-attempts or --timeout end it first.
+
+exit status: 0 self-connect reproduced, 1 not reproduced, 2 bad input (a port or host the mode
+can never self-connect to included), 3 not possible on this host (privileges, kernel), 130
+interrupted.
 """
 
 
@@ -80,7 +91,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="DURATION",
         help="keep the self-connected socket this long (e.g. 5s; at most 1h): a server cannot "
-        "bind PORT meanwhile (default 0: release it at once)",
+        "bind PORT meanwhile. The result is printed first; a socket closed from outside (scan "
+        "--kill) ends the hold early and is reported (default 0: release it at once)",
     )
     add_json_option(parser)
     parser.usage = (
@@ -101,11 +113,29 @@ def run(options: argparse.Namespace) -> int:
     )
     checked = preflight(request)
     if options.as_json:
-        result = reproduce(request, checked=checked, capture=True)
-        emit_json(result_json(checked, result))
+        result = _run_with_json(request, checked)
     else:
         result = _run_with_text(request, checked)
     return EXIT_OK if result.self_connected else EXIT_FOUND
+
+
+def _run_with_json(request: ReproRequest, checked: Preflight) -> ReproResult:
+    """One JSON document, out (and flushed) as soon as the self-connect exists, so a script can
+    act while `--hold` keeps the socket; a hold cut short is told on stderr, keeping stdout
+    one document."""
+    printed: list[ReproResult] = []
+
+    def reached(result: ReproResult) -> None:
+        emit_json(result_json(checked, result))
+        sys.stdout.flush()
+        printed.append(result)
+
+    result = reproduce(request, checked=checked, capture=True, reached=reached)
+    if not printed:
+        emit_json(result_json(checked, result))
+    elif result.hold is not None and result.hold.closed_from_outside:
+        sys.stderr.write(f"narcissus repro: {_hold_end(result)}\n")
+    return result
 
 
 def result_json(checked: Preflight, result: ReproResult) -> dict[str, Any]:
@@ -196,8 +226,22 @@ def _run_with_text(request: ReproRequest, checked: Preflight) -> ReproResult:
             def progress(done: int) -> None:
                 bar.update(task, completed=done)
 
-        result = reproduce(request, checked=checked, progress=progress, announce=_print_steer)
-    _render(result)
+        printed: list[ReproResult] = []
+
+        def reached(result: ReproResult) -> None:
+            if bar is not None:
+                bar.stop()
+            _render(result)
+            sys.stdout.flush()
+            printed.append(result)
+
+        result = reproduce(
+            request, checked=checked, progress=progress, announce=_print_steer, reached=reached
+        )
+    if not printed:
+        _render(result)
+    elif result.hold is not None:
+        out.print(f"  {_hold_end(result)}")
     return result
 
 
@@ -253,10 +297,24 @@ def _render(result: ReproResult) -> None:
     if result.hold is not None:
         bind = result.hold.server_bind_error or "bound fine (unexpected)"
         out.print(
-            f"  held the self-connected socket {result.hold.seconds:g} s; a server binding the "
-            f"port meanwhile got: {bind}"
+            f"  holding the self-connected socket {result.hold.seconds:g} s; a server binding "
+            f"the port meanwhile got: {bind}"
         )
+        if result.hold.held_seconds is not None:
+            out.print(f"  {_hold_end(result)}")
     if result.command_status is not None:
         out.print(f"  CMD exited with status {result.command_status}")
     for note in result.notes:
         out.print(f"  [yellow]note:[/] {note}")
+
+
+def _hold_end(result: ReproResult) -> str:
+    """How the hold ended: its whole length, or cut short from outside."""
+    hold = result.hold
+    assert hold is not None and hold.held_seconds is not None
+    if hold.closed_from_outside:
+        return (
+            f"the self-connected socket was closed from outside after {hold.held_seconds:.1f} s "
+            f"of the {hold.seconds:g} s hold"
+        )
+    return f"held it the whole {hold.seconds:g} s, then released it"

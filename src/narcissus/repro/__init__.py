@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 from narcissus.core.ephemeral import EphemeralPorts, PortClass
 from narcissus.errors import InputError, UnsupportedError
-from narcissus.repro.model import Mode, ReproRequest, ReproResult, SteerSetup
+from narcissus.repro.model import Mode, Reached, ReproRequest, ReproResult, SteerSetup
 from narcissus.repro.target import Target, resolve_target
 
 __all__ = ["Mode", "Preflight", "ReproRequest", "ReproResult", "preflight", "reproduce"]
 
 
 ATTEMPT_SECONDS = 30e-6  # a refused loopback connect (shared FACTS), for the estimate
+ISOLATE_LOWEST_PORT = 1024  # a new namespace's ip_unprivileged_port_start, below which no range
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,7 @@ def preflight(request: ReproRequest) -> Preflight:
             f"--mode isolate needs a loopback --host (127.0.0.1 or ::1), got {request.host}: "
             "the private namespace has nothing else"
         )
+    bound_note = _unbound_source_check(request, target)
     settings = ephemeral_ports()
     if not settings.facts.ipv4_self_connect and target.family == socket.AF_INET:
         raise InputError(
@@ -107,25 +109,54 @@ def preflight(request: ReproRequest) -> Preflight:
         )
     verdict = settings.classify(request.port)
     if request.mode is Mode.ISOLATE:
-        return Preflight(
-            target, settings, verdict, "the namespace's range will be this port alone", True
-        )
-    if not verdict.at_risk:
-        if request.mode in (Mode.PINNED, Mode.STEER):
+        if request.port < ISOLATE_LOWEST_PORT:
             raise InputError(
-                f"{verdict.reason()}; --mode {request.mode.value} cannot make the kernel pick it: "
-                "use --mode isolate"
+                f"port {request.port} is below {ISOLATE_LOWEST_PORT}: a new network namespace's "
+                "ephemeral range cannot start there (net.ipv4.ip_unprivileged_port_start), so "
+                "--mode isolate cannot hand it out"
             )
-        return Preflight(
-            target, settings, verdict, f"cannot be hit naturally: {verdict.reason()}", False
+        explanation = "the namespace's range will be this port alone" + bound_note
+        return Preflight(target, settings, verdict, explanation, True)
+    if not verdict.at_risk:
+        # Never handed out in this namespace, by any of these modes: IP_LOCAL_PORT_RANGE only
+        # narrows the range (pinned), and steer and natural wait for the kernel's own pick.
+        raise InputError(
+            f"{verdict.reason()}; --mode {request.mode.value} cannot make the kernel pick it: "
+            "use --mode isolate"
         )
     if request.mode is not Mode.NATURAL:
-        return Preflight(target, settings, verdict, verdict.reason(), True)
+        return Preflight(target, settings, verdict, verdict.reason() + bound_note, True)
     if verdict.preferred_parity is False:
         explanation = f"practically never hit naturally: {verdict.reason()}"
         return Preflight(target, settings, verdict, explanation, True)
     expected = None if request.command else expected_natural(request.port)
     return Preflight(target, settings, verdict, verdict.reason(), True, expected)
+
+
+def _unbound_source_check(request: ReproRequest, target: Target) -> str:
+    """An address this host sends to from another one (127.0.0.2, sent from 127.0.0.1) is
+    reached by itself only from a socket bound to it. narcissus's own client binds it in pinned,
+    steer and isolate (the text returned says so); natural mode models unbound clients and CMD
+    is not ours to bind, so those are refused."""
+    if not target.unbound_cannot_self_connect:
+        return ""
+    why = (
+        f"--host {request.host}: this host sends to {target.address} from {target.source}, so an "
+        "unbound socket connecting there can never be connected to itself"
+    )
+    if request.command:
+        raise InputError(
+            f"{why} (CMD's sockets are not narcissus's to bind): use --host 127.0.0.1 or ::1"
+        )
+    if request.mode is Mode.NATURAL:
+        raise InputError(
+            f"{why}: use --host 127.0.0.1 or ::1, or --mode pinned, steer or isolate, whose own "
+            f"client binds {target.address} first"
+        )
+    return (
+        f"; narcissus's client binds {target.address} first (unbound, it would be sent from "
+        f"{target.source})"
+    )
 
 
 def reproduce(
@@ -135,9 +166,12 @@ def reproduce(
     progress: Callable[[int], None] | None = None,
     capture: bool = False,
     announce: Callable[[SteerSetup], None] | None = None,
+    reached: Reached | None = None,
 ) -> ReproResult:
     """Run one reproduction. `capture` collects CMD's output into the result instead of letting
-    it through (for JSON output); `announce` hears what steer holds before CMD runs."""
+    it through (for JSON output); `announce` hears what steer holds before CMD runs; `reached`
+    hears the result as soon as a self-connect exists, before `--hold` keeps it (the returned
+    result then also says how the hold went)."""
     ready = checked or preflight(request)
     if not ready.possible:
         return ReproResult(
@@ -148,7 +182,12 @@ def reproduce(
         from narcissus.repro.sequential import run_steer_sequential
 
         return run_steer_sequential(
-            request, ready.target, ready.settings, capture=capture, announce=announce
+            request,
+            ready.target,
+            ready.settings,
+            capture=capture,
+            announce=announce,
+            reached=reached,
         )
     if not sys.platform.startswith("linux") and request.mode is not Mode.NATURAL:
         raise UnsupportedError(
@@ -157,15 +196,22 @@ def reproduce(
     if request.mode is Mode.NATURAL:
         from narcissus.repro.natural import run_natural
 
-        return run_natural(request, ready.target, progress, capture=capture)
+        return run_natural(request, ready.target, progress, capture=capture, reached=reached)
     if request.mode is Mode.PINNED:
         from narcissus.repro.pinned import run_pinned
 
-        return run_pinned(request, ready.target)
+        return run_pinned(request, ready.target, reached)
     if request.mode is Mode.STEER:
         from narcissus.repro.steer import run_steer
 
-        return run_steer(request, ready.target, ready.settings, capture=capture, announce=announce)
+        return run_steer(
+            request,
+            ready.target,
+            ready.settings,
+            capture=capture,
+            announce=announce,
+            reached=reached,
+        )
     from narcissus.repro.isolate import run_isolate
 
-    return run_isolate(request, ready.target, capture=capture)
+    return run_isolate(request, ready.target, capture=capture, reached=reached)

@@ -9,10 +9,12 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
+from typing import BinaryIO
 
 from narcissus.errors import NarcissusError
-from narcissus.repro.model import ReproRequest, ReproResult
+from narcissus.repro.model import Reached, ReproRequest, ReproResult
 from narcissus.repro.target import Target
 
 LOOPBACK_ONLY = (
@@ -21,9 +23,27 @@ LOOPBACK_ONLY = (
 )
 
 
+def _messages(report: BinaryIO) -> Iterator[tuple[str, object]]:
+    """The child's pickled (kind, value) messages, until it closes the pipe."""
+    while True:
+        try:
+            message = pickle.load(report)
+        except (EOFError, pickle.UnpicklingError):
+            return  # a child killed mid-message leaves a partial one: nothing more to read
+        kind, value = message
+        yield str(kind), value
+
+
 def run_isolate(
-    request: ReproRequest, target: Target, *, capture: bool, user_namespace: bool | None = None
+    request: ReproRequest,
+    target: Target,
+    *,
+    capture: bool,
+    user_namespace: bool | None = None,
+    reached: Reached | None = None,
 ) -> ReproResult:
+    """Run the job in the isolate child; `reached` hears of a self-connect the child holds
+    (`--hold`) while it holds it."""
     if user_namespace is None:
         user_namespace = os.geteuid() != 0
     read_end, write_end = os.pipe()
@@ -40,16 +60,21 @@ def run_isolate(
             assert child.stdin is not None
             pickle.dump((request, target, capture, user_namespace), child.stdin)
             child.stdin.close()
-            data = report.read()
+            outcome: object = None
+            for kind, value in _messages(report):
+                if kind == "reached" and reached is not None:
+                    assert isinstance(value, ReproResult)
+                    reached(value)
+                elif kind == "done":
+                    outcome = value
             child.wait()
         except BaseException:
             if child.poll() is None:
                 child.terminate()
                 child.wait()
             raise
-    if not data:
+    if outcome is None:
         raise NarcissusError(f"the isolated process exited with status {child.returncode}")
-    outcome = pickle.loads(data)
     if isinstance(outcome, BaseException):
         raise outcome
     assert isinstance(outcome, ReproResult)

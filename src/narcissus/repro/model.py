@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -65,11 +66,15 @@ class SourcePorts:
 
 @dataclass(frozen=True, slots=True)
 class HoldOutcome:
-    """`--hold`: how long the self-connected socket was kept, and what a server binding the
-    port got meanwhile (the second symptom)."""
+    """`--hold`: how long the self-connected socket was to be kept, what a server binding the
+    port got meanwhile (the second symptom), and how the hold really went: `held_seconds` is
+    None while it lasts, and shorter than `seconds` when the socket was closed from outside
+    (`narcissus scan --kill`, `ss -K`), which the holder notices."""
 
     seconds: float
     server_bind_error: str | None
+    held_seconds: float | None = None
+    closed_from_outside: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +107,8 @@ class ReproResult:
     steer: SteerSetup | None = None
     notes: tuple[str, ...] = ()
     stopped_because: str = ""
+
+
+Reached = Callable[[ReproResult], None]
+"""Told the result as soon as the self-connect exists, before `--hold` keeps it: the caller can
+report it (and act on it) while the socket is held."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from narcissus.prevent.guard.check import is_self_connected
 from narcissus.repro import client
 from narcissus.repro.command import run_command
-from narcissus.repro.model import ReproRequest, ReproResult, SourcePorts
+from narcissus.repro.model import Reached, ReproRequest, ReproResult, SourcePorts
 from narcissus.repro.target import Target, resolve_target
 
 Progress = Callable[[int], None]
@@ -33,7 +33,10 @@ def run_natural(
     progress: Progress | None = None,
     *,
     capture: bool = False,
+    reached: Reached | None = None,
 ) -> ReproResult:
+    """Connect until self-connected or the limits end it; `reached` hears the result before
+    `--hold` keeps the socket."""
     if request.command:
         return _run_command_loop(request, target, progress, capture=capture)
     ports = SourcePorts()
@@ -59,18 +62,18 @@ def run_natural(
             if not is_self_connected(sock):
                 stopped = f"something is listening on {target.host}:{target.port}"
                 break
-            proof = client.prove_echo(sock)
-            hold = client.hold_open(target, request.hold) if request.hold > 0 else None
-            return ReproResult(
+            result = ReproResult(
                 request,
                 True,
                 attempts,
-                time.monotonic() - start,
+                time.monotonic() - start,  # the time to get here: the hold is not counted
                 source_ports=ports,
-                proof=proof,
-                hold=hold,
+                proof=client.prove_echo(sock),
                 stopped_because="self-connected",
             )
+            if request.hold > 0:
+                result = client.hold(sock, target, result, reached)
+            return result
         finally:
             if connected:
                 client.abort(sock)  # RST: no TIME_WAIT left holding the port

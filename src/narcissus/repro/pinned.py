@@ -14,11 +14,13 @@ import time
 
 from narcissus.errors import UnsupportedError
 from narcissus.repro import client
-from narcissus.repro.model import ReproRequest, ReproResult
+from narcissus.repro.model import Reached, ReproRequest, ReproResult
 from narcissus.repro.target import Target
 
 
-def run_pinned(request: ReproRequest, target: Target) -> ReproResult:
+def run_pinned(
+    request: ReproRequest, target: Target, reached: Reached | None = None
+) -> ReproResult:
     def pin(sock: socket.socket) -> None:
         try:
             value = struct.pack("=I", target.port | (target.port << 16))
@@ -31,4 +33,4 @@ def run_pinned(request: ReproRequest, target: Target) -> ReproResult:
                 ) from exc
             raise
 
-    return client.connect_once(request, target, time.monotonic(), prepare=pin)
+    return client.connect_once(request, target, time.monotonic(), prepare=pin, reached=reached)

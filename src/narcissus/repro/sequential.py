@@ -20,7 +20,7 @@ from narcissus.core.ephemeral import EphemeralPorts
 from narcissus.core.steering import SequentialSteer, steer_sequential
 from narcissus.repro import client
 from narcissus.repro.command import run_command
-from narcissus.repro.model import ReproRequest, ReproResult, SteerSetup
+from narcissus.repro.model import Reached, ReproRequest, ReproResult, SteerSetup
 from narcissus.repro.target import Target
 
 
@@ -80,6 +80,7 @@ def run_steer_sequential(
     *,
     capture: bool,
     announce: Callable[[SteerSetup], None] | None = None,
+    reached: Reached | None = None,
 ) -> ReproResult:
     start = time.monotonic()
     with SocketAllocator(target.family, start + request.timeout) as allocator:
@@ -114,5 +115,10 @@ def run_steer_sequential(
             request, start
         )
     else:
-        result = client.connect_once(request, target, start)
+
+        def reached_steered(result: ReproResult) -> None:
+            if reached is not None:
+                reached(replace(result, steer=setup, notes=notes))
+
+        result = client.connect_once(request, target, start, reached=reached_steered)
     return replace(result, steer=setup, notes=notes)

@@ -17,7 +17,7 @@ from narcissus.core.steering import first_attempt_hit_chance, ports_to_hold
 from narcissus.repro import client
 from narcissus.repro.command import run_command
 from narcissus.repro.holder import PortHold
-from narcissus.repro.model import ReproRequest, ReproResult, SteerSetup
+from narcissus.repro.model import Reached, ReproRequest, ReproResult, SteerSetup
 from narcissus.repro.target import Target
 
 
@@ -38,9 +38,10 @@ def run_steer(
     *,
     capture: bool,
     announce: Callable[[SteerSetup], None] | None = None,
+    reached: Reached | None = None,
 ) -> ReproResult:
     """Hold, tell `announce` what is held (before CMD runs, so its output comes after), connect
-    once, release."""
+    once (`reached` hears of a self-connect before `--hold` keeps it), release."""
     start = time.monotonic()
     with PortHold(ports_to_hold(settings, target.port)) as hold:
         blockers = _blockers(hold.failed)
@@ -61,9 +62,14 @@ def run_steer(
                 f"TIME_WAIT and cannot be held, so the first attempt takes port {target.port} "
                 f"with probability {chance.probability:.1%}; --mode isolate is certain"
             )
+
+        def reached_steered(result: ReproResult) -> None:
+            if reached is not None:
+                reached(replace(result, steer=setup, notes=tuple(notes)))
+
         if request.command:
             outcome = run_command(request.command, target, request.timeout, capture=capture)
             result = outcome.result(request, start)
         else:
-            result = client.connect_once(request, target, start)
+            result = client.connect_once(request, target, start, reached=reached_steered)
     return replace(result, steer=setup, notes=tuple(notes))

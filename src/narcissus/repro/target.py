@@ -21,10 +21,22 @@ NONLOCAL_BIND: dict[int, str] = {
 
 @dataclass(frozen=True, slots=True)
 class Target:
+    """Where to connect; `source` is the address this host sends from to it (None: unknown),
+    which an unbound socket gets and which must equal `address` for it to self-connect."""
+
     host: str
     address: str
     family: int
     port: int
+    source: str | None = None
+
+    @property
+    def unbound_cannot_self_connect(self) -> bool:
+        """True when an unbound socket is sent from another address than the target's (e.g.
+        127.0.0.2, sent from 127.0.0.1): only one bound to `address` can reach itself."""
+        if self.source is None:
+            return False
+        return ipaddress.ip_address(self.source) != ipaddress.ip_address(self.address)
 
     @property
     def sockaddr(self) -> tuple[str, int]:
@@ -63,6 +75,21 @@ def _bindable(family: int, address: str) -> bool:
     return True
 
 
+def _source_address(family: int, address: str, port: int) -> str | None:
+    """The source address the routing table picks for `address` (what an unbound socket gets):
+    a UDP connect() chooses it without sending anything. None when it cannot be found."""
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.connect((address, port))
+        return str(probe.getsockname()[0])
+    except OSError:
+        return None
+    finally:
+        probe.close()
+
+
 def resolve_target(host: str, port: int) -> Target:
     """The numeric address `host` names, if it is local; InputError otherwise."""
     hint = "give loopback (127.0.0.1, ::1) or an address of this host"
@@ -72,11 +99,11 @@ def resolve_target(host: str, port: int) -> Target:
         raise InputError(f"cannot resolve --host {host!r} ({exc.strerror}): {hint}") from exc
     family, _type, _proto, _name, sockaddr = infos[0]
     address = str(sockaddr[0])
-    if _is_loopback(address):
-        return Target(host, address, int(family), port)
-    if _nonlocal_bind_allowed(family) or not _bindable(family, address):
+    if not _is_loopback(address) and (
+        _nonlocal_bind_allowed(family) or not _bindable(family, address)
+    ):
         raise InputError(
             f"--host {host} ({address}) is not an address of this host: narcissus repro only "
             f"connects to itself; {hint}"
         )
-    return Target(host, address, int(family), port)
+    return Target(host, address, int(family), port, _source_address(family, address, port))
