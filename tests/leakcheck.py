@@ -41,6 +41,8 @@ from typing import Any
 
 import pytest
 
+from narcissus.system.linux.procfs import process_exists
+
 SESSION_VAR = "NARCISSUS_TEST_SESSION"
 TRACER = Path(__file__).with_name("leaktrace.py")
 NETNS_DIR = Path("/run/netns")
@@ -188,16 +190,6 @@ def _command(pid: int) -> str:
     return " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)[:200]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class LeakCheck:
     """Snapshot at session start, tracer running through the session, comparison at the end."""
 
@@ -277,7 +269,7 @@ class LeakCheck:
             token), a gone one by the trace."""
             if pid == os.getpid():
                 return True
-            token = _environ_token(pid) if _alive(pid) else None
+            token = _environ_token(pid) if process_exists(pid) else None
             if token is not None:
                 return token == self.token
             return pid in session_pids or not traced

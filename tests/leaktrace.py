@@ -39,6 +39,7 @@ from typing import Any
 from narcissus.core.sock_trace import EVENT, LostEvents, StateChange, parse_line
 from narcissus.errors import UnsupportedError
 from narcissus.system.linux.ftrace import tracing_root
+from narcissus.system.linux.procfs import process_exists
 
 PREFIX = "narcissus-leakcheck-"
 CONNECTS = "protocol == 6 && oldstate == 2 && (newstate == 3 || newstate == 1)"
@@ -69,16 +70,6 @@ _CGROUP = re.compile(r"path=(\S+)")
 def _write(path: str, value: str) -> None:
     with open(path, "w", encoding="ascii") as handle:
         handle.write(value)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def now() -> float:
@@ -114,7 +105,7 @@ class Tracer:
         instances = os.path.join(self.root, "instances")
         for name in os.listdir(instances):  # left by a session that was killed outright
             pid = name[len(PREFIX) :]
-            if name.startswith(PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            if name.startswith(PREFIX) and pid.isdigit() and not process_exists(int(pid)):
                 with contextlib.suppress(OSError):
                     os.rmdir(os.path.join(instances, name))
         self.path = os.path.join(instances, f"{PREFIX}{os.getpid()}")

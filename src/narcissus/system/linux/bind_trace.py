@@ -31,6 +31,7 @@ from narcissus.core.namespaces import Netns
 from narcissus.errors import UnsupportedError
 from narcissus.system.linux import bpf as sysbpf
 from narcissus.system.linux import netns, perf, procfs
+from narcissus.system.linux.libc import libc as shared_libc
 
 _BUSY, _DISCARD, _HEADER = 1 << 31, 1 << 30, 8
 _MAX_RECORDS_PER_READ = 1 << 16  # a read returns at most this many (the rest: the next read)
@@ -87,7 +88,8 @@ def _tracepoint(root: str, group: str, name: str) -> tuple[int, str]:
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
+    """libc with mmap/munmap typed for the ring buffer's addresses."""
+    libc = shared_libc()
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = (
         ctypes.c_void_p,

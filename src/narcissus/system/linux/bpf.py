@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import os
-import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from narcissus.core import bpf as B
 from narcissus.errors import UnsupportedError
+from narcissus.system.linux.libc import libc, syscall_number
 
 BPFFS = "/sys/fs/bpf"
 BPF_FS_MAGIC = 0xCAFE4A11
@@ -212,22 +211,10 @@ class BpfError(OSError):
         self.log = log
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _syscall_number() -> int:
-    machine = platform.machine().lower()
-    if machine not in _SYSCALL_NUMBERS:
-        raise UnsupportedError(f"no bpf(2) syscall number known for this CPU ({machine})")
-    return _SYSCALL_NUMBERS[machine]
-
-
 def _bpf(command: int, attr: ctypes.Structure, what: str) -> int:
     result = int(
-        _libc().syscall(
-            ctypes.c_long(_syscall_number()),
+        libc().syscall(
+            ctypes.c_long(syscall_number("bpf(2)", _SYSCALL_NUMBERS)),
             ctypes.c_int(command),
             ctypes.byref(attr),
             ctypes.c_uint(ctypes.sizeof(attr)),
@@ -443,7 +430,7 @@ def _statfs_type(path: str) -> int | None:
         _fields_ = (("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15))
 
     buf = StatFs()
-    if _libc().statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+    if libc().statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
         return None
     return int(buf.f_type) & 0xFFFFFFFF
 
@@ -472,7 +459,7 @@ def bpffs_root(*, mount: bool = True) -> str:
         raise UnsupportedError(f"bpffs is not mounted (mount -t bpf bpf {BPFFS})")
     if not os.path.isdir(BPFFS):
         raise UnsupportedError(f"{BPFFS} does not exist: this kernel offers no bpffs")
-    if _libc().mount(b"bpf", BPFFS.encode(), b"bpf", 0, b"mode=0700") != 0:
+    if libc().mount(b"bpf", BPFFS.encode(), b"bpf", 0, b"mode=0700") != 0:
         error = ctypes.get_errno()
         if error == errno.EPERM:
             raise UnsupportedError("mounting bpffs needs root (CAP_SYS_ADMIN)")

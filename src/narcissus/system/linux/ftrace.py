@@ -54,8 +54,9 @@ def _write(path: str, value: str) -> None:
 def _mount_tracefs(target: str) -> None:
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"nodev", target.encode(), b"tracefs", 0, None) != 0:
+    from narcissus.system.linux.libc import libc
+
+    if libc().mount(b"nodev", target.encode(), b"tracefs", 0, None) != 0:
         error = ctypes.get_errno()
         if error == errno.EPERM:
             raise UnsupportedError("mounting tracefs needs root (CAP_SYS_ADMIN)")

@@ -228,8 +228,9 @@ def all_namespaces() -> list[Netns]:
 def _libc_call(name: str, *args: int) -> None:
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if getattr(libc, name)(*args) != 0:
+    from narcissus.system.linux.libc import libc
+
+    if getattr(libc(), name)(*args) != 0:
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error))
 

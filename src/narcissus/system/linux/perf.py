@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import functools
 import os
-import platform
 
-from narcissus.errors import UnsupportedError
+from narcissus.system.linux.libc import libc, syscall_number
 
 PERF_TYPE_TRACEPOINT = 2
 PERF_FLAG_FD_CLOEXEC = 1 << 3
@@ -60,20 +58,6 @@ class _Attr(ctypes.Structure):
     )
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _syscall_number() -> int:
-    machine = platform.machine().lower()
-    if machine not in _SYSCALL_NUMBERS:
-        raise UnsupportedError(
-            f"no perf_event_open(2) syscall number known for this CPU ({machine})"
-        )
-    return _SYSCALL_NUMBERS[machine]
-
-
 def open_tracepoint(tracepoint_id: int) -> int:
     """An fd for a perf event on tracepoint `tracepoint_id` (tracefs events/<group>/<name>/id),
     every process, CPU 0; the caller owns it."""
@@ -85,8 +69,8 @@ def open_tracepoint(tracepoint_id: int) -> int:
         wakeup_events=1,
     )
     fd = int(
-        _libc().syscall(
-            ctypes.c_long(_syscall_number()),
+        libc().syscall(
+            ctypes.c_long(syscall_number("perf_event_open(2)", _SYSCALL_NUMBERS)),
             ctypes.byref(attr),
             ctypes.c_int(-1),  # every process
             ctypes.c_int(0),  # CPU 0

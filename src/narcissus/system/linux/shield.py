@@ -586,8 +586,8 @@ def _link_ids() -> list[int] | None:
 def _status(*, changed: bool, notes: tuple[str, ...] = ()) -> ShieldStatus:
     found: dict[int, dict[str, object]] = {}
     link_ids = _link_ids()
+    rules = _iptables_rules()
     if link_ids is None:
-        rules = _iptables_rules()
         if not rules:
             raise UnsupportedError(
                 "the kernel refused to list BPF links (EPERM), so what is shielded cannot be "
@@ -634,7 +634,6 @@ def _status(*, changed: bool, notes: tuple[str, ...] = ()) -> ShieldStatus:
                 pinned=pinned,
             )
         )
-    rules = _iptables_rules()
     if rules:
         from narcissus.system.linux.netns import current
 
